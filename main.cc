@@ -1,0 +1,14 @@
+// fieldprint: one binary, one subcommand per role. Each module registers its own subcommands;
+// this file only wires them together and runs the chosen one.
+#include <CLI/CLI.hpp>
+
+#include "common/cli.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"fieldprint: verification service for LLM inference"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "fieldprint 0.1.0");
+  fp::AddCommonCommands(app);
+  CLI11_PARSE(app, argc, argv);
+  return 0;
+}
