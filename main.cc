@@ -8,7 +8,9 @@ int main(int argc, char** argv) {
   CLI::App app{"fieldprint: verification service for LLM inference"};
   app.require_subcommand(1);
   app.set_version_flag("--version", "fieldprint 0.1.0");
-  fp::AddCommonCommands(app);
+  CLI::App* bench = app.add_subcommand("bench", "Benchmarks (JSON on stdout, a table on stderr)");
+  bench->require_subcommand(1);
+  fp::AddCommonCommands(app, *bench);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

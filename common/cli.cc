@@ -15,6 +15,9 @@ void SetAction(CLI::App* command, std::function<Status()> action) {
   });
 }
 
-void AddCommonCommands(CLI::App& app) { (void)app; }
+void AddCommonCommands(CLI::App& app, CLI::App& bench) {
+  (void)app;
+  (void)bench;
+}
 
 }  // namespace fp

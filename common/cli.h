@@ -16,6 +16,7 @@ namespace fp {
 // exits with code 1; OK exits 0.
 void SetAction(CLI::App* command, std::function<Status()> action);
 
-void AddCommonCommands(CLI::App& app);
+// Registers `certs`, `verify` and the common benchmarks (`bench merkle`) under `bench`.
+void AddCommonCommands(CLI::App& app, CLI::App& bench);
 
 }  // namespace fp
