@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include "common/cli.h"
+#include "node/cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"fieldprint: verification service for LLM inference"};
@@ -11,6 +12,7 @@ int main(int argc, char** argv) {
   CLI::App* bench = app.add_subcommand("bench", "Benchmarks (JSON on stdout, a table on stderr)");
   bench->require_subcommand(1);
   fp::AddCommonCommands(app, *bench);
+  fp::AddNodeCommands(app, *bench);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

@@ -3,6 +3,9 @@
 
 #include <cstdio>
 
+#include "common/merkle/merkle_bench.h"
+#include "common/wire/certs_cli.h"
+
 namespace fp {
 
 void SetAction(CLI::App* command, std::function<Status()> action) {
@@ -18,6 +21,8 @@ void SetAction(CLI::App* command, std::function<Status()> action) {
 void AddCommonCommands(CLI::App& app, CLI::App& bench) {
   (void)app;
   (void)bench;
+  AddMerkleBench(bench);
+  AddCertsCommand(app);
 }
 
 }  // namespace fp

@@ -1,0 +1,94 @@
+// CpuBackend: the reference backend. Runs the LLaMA forward pass with the kernels' CPU
+// implementations (kernels/*: f32 activations, weights read in their stored dtype, fixed-order
+// reductions), keeps the KV cache as f32 in host memory, and multi-threads through the kernels'
+// ThreadPool. It is complete: every machine, CI included, runs true sessions end to end on it.
+//
+// Thread-safety: see Backend (one driving thread). The thread pool's workers are internal.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <vector>
+
+#include "kernels/attention/paged_attention.h"
+#include "kernels/base/thread_pool.h"
+#include "kernels/rope/rope.h"
+#include "node/backend/backend.h"
+
+namespace fp::node {
+
+struct CpuBackendOptions {
+  int num_threads = 1;  // 1 .. kernels::ThreadPool::kMaxThreads
+};
+
+class CpuBackend : public Backend {
+ public:
+  // InvalidArgument for a thread count out of range. The caller owns the result.
+  static StatusOr<std::unique_ptr<CpuBackend>> Create(const CpuBackendOptions& options);
+
+  BackendIdentity identity() const override;
+  Status LoadModel(const Model& model, const DigestOptions& digest) override;
+  Status LoadAnchors(const AnchorSet* anchors, AnchorMode mode) override;
+  int64_t KvBytesPerBlock(int32_t block_size) const override;
+  Status AllocateKvCache(int32_t num_blocks, int32_t block_size) override;
+  Status WriteAnchorPrefix(std::span<const int32_t> block_table) override;
+  Status Forward(std::span<const ForwardSequence> batch, const ForwardOptions& options,
+                 ForwardResult* result) override;
+  Status ReadKvRows(std::span<const int32_t> block_table, int32_t layer, int32_t begin,
+                    int32_t end, Tensor* key, Tensor* value) override;
+
+ private:
+  explicit CpuBackend(std::unique_ptr<kernels::ThreadPool> pool) : pool_(std::move(pool)) {}
+
+  struct FreeDeleter {
+    void operator()(float* p) const;
+  };
+  using FloatBuffer = std::unique_ptr<float[], FreeDeleter>;
+
+  // Per-pass scratch, sized for the batch's token count.
+  struct Scratch {
+    std::vector<int32_t> tokens;     // [T]
+    std::vector<int32_t> positions;  // [T]
+    std::vector<int32_t> seq_ids;    // [T]
+    std::vector<int32_t> tables;     // [num_seqs, max_blocks]
+    std::vector<float> x;            // [T, hidden] residual stream
+    std::vector<float> h;            // [T, hidden] normalised
+    std::vector<float> q;            // [T, q_heads * head_dim]
+    std::vector<float> k;            // [T, kv_heads * head_dim]
+    std::vector<float> v;            // [T, kv_heads * head_dim]
+    std::vector<float> attn;         // [T, q_heads * head_dim]
+    std::vector<float> gate;         // [T, intermediate]
+    std::vector<float> up;           // [T, intermediate]
+    std::vector<float> out;          // [T, hidden] projection output
+  };
+
+  Status Validate(std::span<const ForwardSequence> batch, int64_t* total_tokens) const;
+  Status PrepareBatch(std::span<const ForwardSequence> batch, int64_t total_tokens);
+  Status RunLayer(size_t layer, int64_t total_tokens, int32_t num_seqs, int32_t max_blocks);
+  Status FinishEmitting(std::span<const ForwardSequence> batch, const ForwardOptions& options,
+                        ForwardResult* result);
+  kernels::PagedKvCache CacheView(size_t layer);
+  kernels::AnchorSet AnchorView(size_t layer) const;
+
+  std::unique_ptr<kernels::ThreadPool> pool_;
+  const Model* model_ = nullptr;  // borrowed
+  DigestOptions digest_;
+  std::optional<kernels::RopeTable> rope_;
+  kernels::AttentionOptions attention_{};
+
+  // Anchors widened to f32, per layer (empty without anchors or in prefix mode for gamma).
+  AnchorMode anchor_mode_ = AnchorMode::kMix;
+  int32_t num_anchors_ = 0;
+  std::vector<std::vector<float>> anchor_key_;    // [layers][A, kv_heads, head_dim]
+  std::vector<std::vector<float>> anchor_value_;  // [layers][A, kv_heads, head_dim]
+  std::vector<std::vector<float>> gamma_;         // [layers][q_heads]
+
+  int32_t num_blocks_ = 0;
+  int32_t block_size_ = 0;
+  std::vector<FloatBuffer> key_cache_;    // [layers][num_blocks, block_size, kv_heads, head_dim]
+  std::vector<FloatBuffer> value_cache_;  // same layout
+
+  Scratch s_;
+};
+
+}  // namespace fp::node

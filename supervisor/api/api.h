@@ -1,0 +1,156 @@
+// The supervisor's HTTP API as pure request handlers: a request goes in, an ApiAction comes out.
+// Spec: docs/supervisor.md, "HTTP API".
+//
+// The handlers never touch a socket or the log. They read the applied state (a local RocksDB
+// read) and describe what the server must do: send a reply, append a record first (submissions),
+// or follow a session (server-sent events, completions) by calling Poll until it is done. The
+// server (http_server.h) carries actions out; tests call Handle and Poll directly.
+//
+// Routes:
+//   POST /v1/sessions                         submit a session (JSON) -> 202 {session_id}
+//   GET  /v1/sessions/{id}                    the session's state
+//   GET  /v1/sessions/{id}/events             server-sent events of verified tokens
+//   POST /v1/completions                      OpenAI-compatible completions (stream or not)
+//   GET  /v1/checkpoint                       the latest signed checkpoint (C2SP signed note)
+//   GET  /v1/sessions/{id}/proof/step/{n}     inclusion of step n's leaf in the session root
+//   GET  /v1/ledger/proof/session/{id}?size=N inclusion of the session record in a checkpoint
+//   GET  /v1/ledger/consistency?from=A&to=B   consistency between two ledger sizes
+//   GET  /v1/sessions/{id}/bundle             the session record's tlog-proof bundle
+//   GET  /v1/workers                          registered workers
+//   GET  /healthz, /readyz, /metrics
+// Errors are JSON {"error": {"code": "INVALID_ARGUMENT", "message": "..."}} with a 4xx or 5xx
+// status mapped from the Status code.
+//
+// Thread-safety: Api is immutable after construction; Handle and Poll are safe from any thread.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+
+#include <boost/beast/http/verb.hpp>
+
+#include "common/base/status.h"
+#include "common/leaf/session_id.h"
+#include "common/tlog/note.h"
+#include "supervisor/log/log.h"
+#include "supervisor/store/rocks.h"
+
+namespace prometheus {
+class Registry;
+}  // namespace prometheus
+
+namespace fp::supervisor {
+
+// Bounds on what one request may carry; the server enforces the byte limits before parsing.
+inline constexpr size_t kMaxRequestBodyBytes = size_t{4} << 20;
+inline constexpr size_t kMaxRequestHeaderBytes = 16 * 1024;
+inline constexpr size_t kMaxRequestTargetBytes = 2048;
+// Tokens sent per poll of a follow, so that one poll stays small.
+inline constexpr size_t kMaxTokensPerPoll = 4096;
+
+struct HttpRequest {
+  boost::beast::http::verb method = boost::beast::http::verb::get;
+  std::string target;  // path and query, as received
+  std::string body;
+};
+
+struct HttpReply {
+  unsigned status = 200;
+  std::string content_type = "application/json";
+  std::string body;
+};
+
+// A session the server keeps following after the reply's headers went out.
+struct Follow {
+  enum class Kind {
+    kNone,
+    kEvents,            // text/event-stream of verified tokens, then a receipt
+    kCompletion,        // one JSON reply once the session is verified
+    kCompletionStream,  // OpenAI streaming chunks, then [DONE]
+  };
+  Kind kind = Kind::kNone;
+  std::string session_id;  // 16 bytes
+  uint64_t next_step = 0;  // first token not yet sent
+  std::string model;       // echoed in completion responses
+};
+
+struct ApiAction {
+  HttpReply reply;
+  // Append this record first; send `reply` (and follow) only once it is durable.
+  std::optional<pb::LogRecord> append;
+  Follow follow;
+};
+
+struct PollResult {
+  std::string chunk;                // stream bytes to write now (may be empty)
+  std::optional<HttpReply> reply;   // kCompletion: the reply, once there is one
+  bool done = false;                // the follow is over
+};
+
+// Defaults for submitted sessions; every supervisor of a cluster should share them.
+struct SessionDefaults {
+  uint32_t replicas = 3;
+  uint32_t max_unverified_steps = 64;
+  uint32_t max_tokens = 16;
+  // Per model: the numerics profile and anchor set hashes used when a request names none.
+  struct ModelProfile {
+    std::string numerics_profile;  // 32 bytes
+    std::string anchor_set_hash;   // 32 bytes
+  };
+  std::map<std::string, ModelProfile> models;
+};
+
+struct ApiContext {
+  const RocksStore* state = nullptr;  // borrowed: the applied state
+  const Log* log = nullptr;           // borrowed: End() for readiness
+  const prometheus::Registry* registry = nullptr;  // borrowed; null serves no /metrics
+  std::string origin;                              // the ledger's checkpoint origin
+  std::optional<tlog::NoteVerifier> verifier;      // verifies bundles before they are served
+  SessionDefaults defaults;
+  // Randomness: a fresh session id per submission.
+  std::function<StatusOr<SessionId>()> new_session_id;
+  // Borrowed: the applied position (the applier's) and whether the process is draining.
+  std::function<uint64_t()> applied;
+  const std::atomic<bool>* draining = nullptr;
+  // /readyz fails while the applier is more than this many records behind the log.
+  uint64_t max_ready_lag = 100'000;
+};
+
+class Api {
+ public:
+  // FP_CHECKs that state, log, new_session_id and applied are set.
+  explicit Api(ApiContext context);
+
+  ApiAction Handle(const HttpRequest& request) const;
+  // The reply for a request whose append failed.
+  HttpReply AppendFailed(const Status& status) const;
+  // Advances a follow: what to send now, and whether it is over.
+  PollResult Poll(Follow& follow) const;
+
+  // The JSON error reply for a Status (code mapped to an HTTP status).
+  static HttpReply ErrorReply(const Status& status);
+
+ private:
+  ApiAction SubmitSession(const HttpRequest& request) const;
+  ApiAction SubmitCompletion(const HttpRequest& request) const;
+  HttpReply SessionState(const std::string& id) const;
+  ApiAction FollowEvents(const std::string& id) const;
+  HttpReply Checkpoint() const;
+  HttpReply StepProof(const std::string& id, std::string_view step) const;
+  HttpReply LedgerProof(const std::string& id, std::string_view query) const;
+  HttpReply Consistency(std::string_view query) const;
+  HttpReply Bundle(const std::string& id) const;
+  HttpReply Workers() const;
+  HttpReply Ready() const;
+  HttpReply Metrics() const;
+  PollResult PollEvents(Follow& follow) const;
+  PollResult PollCompletion(Follow& follow, bool stream) const;
+
+  ApiContext context_;
+};
+
+}  // namespace fp::supervisor

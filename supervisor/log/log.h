@@ -1,0 +1,73 @@
+// The replicated log: the ordered, durable sequence of records that every supervisor applies.
+//
+// Positions are contiguous from 0. Append reports a record's position only once the record is
+// durable (standalone: the RocksDB WAL synced; cluster: an etcd quorum), so an acknowledged record
+// is never lost. Records that carry an idempotency key (IdempotencyKey below) are written once:
+// appending a record whose key is already in the log completes with the stored record's position
+// and writes nothing.
+//
+// Two implementations share this interface: the standalone RocksDB backend (rocksdb_log.h) and,
+// later, the etcd backend for clusters; nothing above the log knows which one it runs on.
+//
+// Thread-safety: every method of a Log may be called from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "common/base/status.h"
+#include "supervisor/log/records.pb.h"
+
+namespace fp::supervisor {
+
+namespace pb = ::fieldprint::supervisor;
+
+struct LogEntry {
+  uint64_t position = 0;
+  pb::LogRecord record;
+};
+
+class Log {
+ public:
+  // Receives the position of a durable record, or why it is not durable: Unavailable (retryable:
+  // the log is overloaded or closing), FailedPrecondition (a record with the same idempotency key
+  // but different content is already in the log), InvalidArgument (the record has no body or is
+  // too large), DataLoss or Unavailable from storage.
+  using AppendCallback = std::function<void(StatusOr<uint64_t> position)>;
+
+  virtual ~Log() = default;
+
+  // Appends `record` asynchronously. `done` runs exactly once, on a thread of the log, and must
+  // not block: hand work on to another thread (an Asio post) instead.
+  virtual void Append(pb::LogRecord record, AppendCallback done) = 0;
+
+  // The durable records at positions [from, from + n), n <= max_records, in order; empty when
+  // `from` >= End(). Unavailable or DataLoss from storage.
+  virtual StatusOr<std::vector<LogEntry>> Read(uint64_t from, size_t max_records) const = 0;
+
+  // One past the last durable position.
+  virtual uint64_t End() const = 0;
+
+  // Blocks until End() > position, the timeout passes, or the log closes; returns End().
+  virtual uint64_t WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const = 0;
+};
+
+// Appends and blocks until the record is durable; returns its position or the append's error.
+StatusOr<uint64_t> AppendAndWait(Log& log, pb::LogRecord record);
+
+// The key under which a record is written at most once, or nullopt for records that are not
+// deduplicated (ticks, registrations, checkpoint requests). Binary, prefixed by the record type:
+//   Admit      'A' session
+//   Assign     'P' session replica(BE32) epoch(BE64)
+//   LeafBatch  'L' session replica(BE32) epoch(BE64) first_step(BE64)
+//   Deadline   'D' session replica(BE32) epoch(BE64)
+std::optional<std::string> IdempotencyKey(const pb::LogRecord& record);
+
+// A short name of the record's type ("leaf_batch", ...), for logs and metrics labels.
+const char* RecordTypeName(const pb::LogRecord& record);
+
+}  // namespace fp::supervisor

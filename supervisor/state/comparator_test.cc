@@ -1,0 +1,115 @@
+// Tests of the comparator's pure decisions: agreement, majority and no-majority divergence,
+// waiting, end markers, and escalation.
+#include "supervisor/state/comparator.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+namespace fp::supervisor {
+namespace {
+
+using ::testing::ElementsAre;
+
+Hash H(uint8_t byte) {
+  Hash hash{};
+  hash.fill(byte);
+  return hash;
+}
+
+class ComparatorTest : public ::testing::Test {};
+
+TEST_F(ComparatorTest, AllEqualLeavesAgree) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(1)), Vote::Leaf(H(1))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kAgree);
+  EXPECT_TRUE(decision.minority.empty());
+}
+
+TEST_F(ComparatorTest, MissingReplicaMakesEqualLeavesWait) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Missing(), Vote::Leaf(H(1))};
+  EXPECT_EQ(DecideStep(votes).kind, StepDecision::Kind::kWait);
+}
+
+TEST_F(ComparatorTest, MajorityRollsBackTheMinorityOnly) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(2)), Vote::Leaf(H(1))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  ASSERT_TRUE(decision.majority.has_value());
+  EXPECT_EQ(votes[*decision.majority].leaf_hash, H(1));
+  EXPECT_THAT(decision.minority, ElementsAre(1));
+}
+
+TEST_F(ComparatorTest, MajorityDecidesBeforeTheLastReplicaArrives) {
+  // R = 5: three agree, one differs, one has not reported.
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(1)), Vote::Missing(),
+                             Vote::Leaf(H(9)), Vote::Leaf(H(1))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  EXPECT_THAT(decision.minority, ElementsAre(3));
+}
+
+TEST_F(ComparatorTest, DisagreementWithoutMajorityWaitsForMissingVote) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(2)), Vote::Missing()};
+  EXPECT_EQ(DecideStep(votes).kind, StepDecision::Kind::kWait);
+}
+
+TEST_F(ComparatorTest, TwoReplicasThatDifferBothRollBack) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(2))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  EXPECT_FALSE(decision.majority.has_value());
+  EXPECT_THAT(decision.minority, ElementsAre(0, 1));
+}
+
+TEST_F(ComparatorTest, ThreeDistinctLeavesRollEveryoneBack) {
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(2)), Vote::Leaf(H(3))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  EXPECT_THAT(decision.minority, ElementsAre(0, 1, 2));
+}
+
+TEST_F(ComparatorTest, AllEndedAgreeOnTheEnd) {
+  std::vector<Vote> votes = {Vote::End(), Vote::End(), Vote::End()};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kAgree);
+  EXPECT_EQ(votes[*decision.majority].kind, Vote::Kind::kEnd);
+}
+
+TEST_F(ComparatorTest, ReplicaThatEndsEarlyIsTheMinority) {
+  std::vector<Vote> votes = {Vote::Leaf(H(4)), Vote::End(), Vote::Leaf(H(4))};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  EXPECT_THAT(decision.minority, ElementsAre(1));
+}
+
+TEST_F(ComparatorTest, BadRootNeverFormsAMajority) {
+  std::vector<Vote> votes = {Vote::BadEnd(), Vote::BadEnd(), Vote::End()};
+  StepDecision decision = DecideStep(votes);
+  EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
+  EXPECT_THAT(decision.minority, ElementsAre(0, 1, 2));
+  std::vector<Vote> one = {Vote::BadEnd()};
+  EXPECT_EQ(DecideStep(one).kind, StepDecision::Kind::kDiverge);
+}
+
+TEST_F(ComparatorTest, SingleReplicaAgreesWithItself) {
+  std::vector<Vote> votes = {Vote::Leaf(H(7))};
+  EXPECT_EQ(DecideStep(votes).kind, StepDecision::Kind::kAgree);
+}
+
+TEST_F(ComparatorTest, EscalationGoesTruncateRebuildReplaceAtTheSameStep) {
+  pb::ReplicaState replica;
+  Escalation first = Escalate(replica, 10);
+  EXPECT_EQ(first.order, pb::ORDER_KIND_TRUNCATE);
+  EXPECT_EQ(first.count, 1u);
+  replica.set_diverged_step(10);
+  replica.set_diverged_count(first.count);
+  Escalation second = Escalate(replica, 10);
+  EXPECT_EQ(second.order, pb::ORDER_KIND_REBUILD);
+  replica.set_diverged_count(second.count);
+  EXPECT_EQ(Escalate(replica, 10).order, pb::ORDER_KIND_REPLACE);
+  // A divergence at another step starts over.
+  EXPECT_EQ(Escalate(replica, 11).order, pb::ORDER_KIND_TRUNCATE);
+}
+
+}  // namespace
+}  // namespace fp::supervisor

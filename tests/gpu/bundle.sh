@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# Packs the GPU test and benchmark binaries of a CUDA build, stripped, with the non-system shared
+# libraries they load, into one folder that runs on an Ubuntu 24.04 GPU machine (glibc and
+# libstdc++ there are newer than this Debian 12 build machine's, so only those, the rest of the
+# toolchain runtime and the NVIDIA driver's libcuda are left to the target).
+#
+# Usage: bundle.sh [BUILD_DIR] [DEST]
+#   BUILD_DIR  default /work/main/build-cuda (configured with -DFP_CUDA=ON and built)
+#   DEST       default /work/main/.devbuild (ignored by git); emptied first
+# Layout: DEST/kernels/... (the binaries, same relative paths as in the build), DEST/lib (shared
+# libraries), DEST/run_all.sh, DEST/MANIFEST. On the GPU machine:
+#   DEST/run_all.sh DEST OUT_DIR
+# which puts DEST/lib on LD_LIBRARY_PATH itself.
+# Fails if a library cannot be resolved, if the CUDA runtime is linked dynamically (it must be
+# static: CMAKE_CUDA_RUNTIME_LIBRARY Static), or if the bundle exceeds kMaxBundleMiB.
+set -euo pipefail
+
+readonly kMaxBundleMiB=60
+build="${1:-/work/main/build-cuda}"
+dest="${2:-/work/main/.devbuild}"
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+build="$(cd "$build" && pwd)"
+
+mapfile -t binaries < <(find "$build/kernels" -type f -perm -u+x \
+  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) | sort)
+if [[ ${#binaries[@]} -eq 0 ]]; then
+  echo "bundle: no *_gpu_test or *_bench binaries under $build/kernels" >&2
+  exit 1
+fi
+
+# glibc's libraries, the GCC runtime and the driver come from the target machine.
+system_names=(linux-vdso ld-linux libc libm libmvec libpthread libdl librt libresolv libutil libanl
+  'libstdc\+\+' libgcc_s libcuda)
+system_libraries="^($(IFS='|'; echo "${system_names[*]}"))\\.so"
+readonly system_libraries
+
+rm -rf "$dest"
+mkdir -p "$dest/lib"
+for binary in "${binaries[@]}"; do
+  relative="${binary#"$build"/}"
+  mkdir -p "$dest/$(dirname "$relative")"
+  strip --strip-all -o "$dest/$relative" "$binary"
+  while read -r soname path; do
+    [[ "$soname" =~ $system_libraries ]] && continue
+    if [[ "$soname" == libcudart.so* ]]; then
+      echo "bundle: $relative links the CUDA runtime dynamically; it must be static" >&2
+      exit 1
+    fi
+    if [[ "$path" == "not" || ! -f "$path" ]]; then
+      echo "bundle: $relative needs $soname, which ldd cannot resolve" >&2
+      exit 1
+    fi
+    if [[ ! -f "$dest/lib/$soname" ]]; then
+      cp -L "$path" "$dest/lib/$soname"
+      chmod u+w "$dest/lib/$soname"
+      strip --strip-unneeded "$dest/lib/$soname"
+    fi
+  done < <(ldd "$binary" | awk '$2 == "=>" { print $1, $3 }')
+done
+cp "$here/run_all.sh" "$dest/run_all.sh"
+
+(cd "$dest" && find . -type f ! -name MANIFEST -printf '%10s %p\n' | sort -k2) >"$dest/MANIFEST"
+bytes=$(du -sb "$dest" | cut -f1)
+mib=$(((bytes + 1048575) / 1048576))
+libraries=$(find "$dest/lib" -type f | wc -l)
+echo "bundle: ${#binaries[@]} binaries, $libraries libraries, $mib MiB in $dest"
+if ((mib > kMaxBundleMiB)); then
+  echo "bundle: over the ${kMaxBundleMiB} MiB limit" >&2
+  exit 1
+fi

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs every GPU test and benchmark binary of a build folder (or of a bundle made by
+# tests/gpu/bundle.sh) on a GPU machine, writes their JSON into an output folder and prints a
+# compact table of results at the end.
+#
+# Usage: run_all.sh BUILD_DIR OUT_DIR
+#   BUILD_DIR  a CMake build folder configured with -DFP_CUDA=ON, or a bundle; binaries are found
+#              under BUILD_DIR/kernels: *_gpu_test (GoogleTest) and *_gpu_bench / *_bench.
+#              If BUILD_DIR/lib exists (a bundle), it is put first on LD_LIBRARY_PATH.
+#   OUT_DIR    created if missing. Per binary NAME: NAME.json (a test's GoogleTest JSON report, a
+#              benchmark's stdout) and NAME.log (everything else the binary printed).
+# Each binary runs under a time limit (FP_GPU_TIMEOUT_S, default 900 seconds).
+# Exit status: 0 when every binary passed or reported itself skipped (exit 77), 1 otherwise
+# (including when no binary was found).
+set -uo pipefail
+
+build="${1:?usage: run_all.sh BUILD_DIR OUT_DIR}"
+out="${2:?usage: run_all.sh BUILD_DIR OUT_DIR}"
+timeout_s="${FP_GPU_TIMEOUT_S:-900}"
+build="$(cd "$build" && pwd)" || exit 1
+mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
+if [[ -d "$build/lib" ]]; then
+  export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+
+mapfile -t binaries < <(find "$build/kernels" -type f -perm -u+x \
+  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) 2>/dev/null | sort)
+if [[ ${#binaries[@]} -eq 0 ]]; then
+  echo "run_all: no *_gpu_test or *_bench binaries under $build/kernels" >&2
+  exit 1
+fi
+
+if command -v nvidia-smi >/dev/null; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+fi
+
+rows=()
+benchmarks=()
+failures=0
+for binary in "${binaries[@]}"; do
+  name="$(basename "$binary")"
+  echo "run_all: $name" >&2
+  start=$(date +%s.%N)
+  if [[ "$name" == *_gpu_test ]]; then
+    kind='test'
+    timeout "$timeout_s" "$binary" --gtest_output="json:$out/$name.json" >"$out/$name.log" 2>&1
+    rc=$?
+    passed=$(grep -oE '\[  PASSED  \] [0-9]+' "$out/$name.log" | grep -oE '[0-9]+$' || true)
+    failed=$(grep -oE '\[  FAILED  \] [0-9]+ test' "$out/$name.log" | grep -oE '[0-9]+' || true)
+    detail="${passed:-0} passed, ${failed:-0} failed"
+  else
+    kind='bench'
+    timeout "$timeout_s" "$binary" >"$out/$name.json" 2>"$out/$name.log"
+    rc=$?
+    detail="$(wc -c <"$out/$name.json") bytes of JSON"
+    benchmarks+=("$name")
+  fi
+  seconds=$(awk -v start="$start" -v end="$(date +%s.%N)" 'BEGIN { printf "%.1f", end - start }')
+  case $rc in
+    0) status=PASS ;;
+    77) status=SKIP; detail="$(head -n 1 "$out/$name.log")" ;;
+    124) status=TIMEOUT; failures=$((failures + 1)) ;;
+    *) status="FAIL($rc)"; failures=$((failures + 1)) ;;
+  esac
+  rows+=("$(printf '%-44s %-5s %-9s %8s  %s' "$name" "$kind" "$status" "$seconds" "$detail")")
+done
+
+for name in "${benchmarks[@]}"; do
+  echo
+  echo "== $name (stderr) =="
+  cat "$out/$name.log"
+done
+echo
+printf '%-44s %-5s %-9s %8s  %s\n' binary kind status seconds detail
+printf '%s\n' "${rows[@]}"
+echo "outputs in $out"
+[[ $failures -eq 0 ]]
