@@ -4,6 +4,7 @@
 
 #include "common/cli.h"
 #include "node/cli.h"
+#include "supervisor/cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"fieldprint: verification service for LLM inference"};
@@ -13,6 +14,7 @@ int main(int argc, char** argv) {
   bench->require_subcommand(1);
   fp::AddCommonCommands(app, *bench);
   fp::AddNodeCommands(app, *bench);
+  fp::AddSupervisorCommands(app, *bench);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

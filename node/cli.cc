@@ -2,14 +2,17 @@
 // that returns Status, so the logic stays testable without a process.
 #include "node/cli.h"
 
-#include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
+
+#include <boost/json.hpp>
+#include <unistd.h>
 
 #include "common/base/bytes.h"
 #include "common/cli.h"
@@ -46,6 +49,7 @@ struct GenerateArgs {
   int threads = 1;
   int chunk = 512;
   int64_t kv_budget_mb = 256;
+  int max_context = 0;
   int quantize_bits = -1;
 };
 
@@ -62,7 +66,7 @@ struct AnchorsArgs {
 struct BenchArgs {
   std::string model_dir;  // empty: a fresh default tiny model
   int prompt_tokens = 32;
-  int max_tokens = 64;
+  int max_tokens = 128;
 };
 
 // Without --session-id a run is reproducible: the id is derived from the seed and the prompt.
@@ -100,18 +104,36 @@ StatusOr<std::unique_ptr<node::AnchorSet>> LoadAnchorsFor(const GenerateArgs& a,
   return anchors;
 }
 
+// The output as text. A model's vocabulary may be larger than its tokenizer's (padding rows);
+// ids the tokenizer does not know are shown as <id> between the decoded runs.
 StatusOr<std::string> OutputText(const node::Tokenizer* tokenizer,
                                  const std::vector<int32_t>& ids) {
-  if (tokenizer != nullptr) return tokenizer->Decode(ids);
   std::string text;
-  for (size_t i = 0; i < ids.size(); ++i) text += (i ? "," : "") + std::to_string(ids[i]);
+  if (tokenizer == nullptr) {
+    for (size_t i = 0; i < ids.size(); ++i) text += (i ? "," : "") + std::to_string(ids[i]);
+    return text;
+  }
+  std::vector<int32_t> run;
+  for (size_t i = 0; i <= ids.size(); ++i) {
+    bool known = i < ids.size() && ids[i] < tokenizer->vocab_size();
+    if (known) {
+      run.push_back(ids[i]);
+      continue;
+    }
+    FP_ASSIGN_OR_RETURN(std::string decoded, tokenizer->Decode(run));
+    text += decoded;
+    run.clear();
+    if (i < ids.size()) text += "<" + std::to_string(ids[i]) + ">";
+  }
   return text;
 }
 
 Status RunGenerate(const GenerateArgs& a) {
   FP_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(a.model_dir));
-  auto tokenizer = node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size));
-  if (!tokenizer.ok() && tokenizer.status().code() != StatusCode::kNotFound) return tokenizer.status();
+  auto tokenizer =
+      node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size));
+  if (!tokenizer.ok() && tokenizer.status().code() != StatusCode::kNotFound)
+    return tokenizer.status();
   const node::Tokenizer* tok = tokenizer.ok() ? tokenizer->get() : nullptr;
   FP_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(a, *model, tok));
   FP_ASSIGN_OR_RETURN(std::unique_ptr<node::AnchorSet> anchors, LoadAnchorsFor(a, *model));
@@ -120,6 +142,7 @@ Status RunGenerate(const GenerateArgs& a) {
   options.kv_budget_bytes = a.kv_budget_mb << 20;
   options.prefill_chunk_tokens = a.chunk;
   options.quantize_bits = a.quantize_bits;
+  options.max_context = a.max_context;
   FP_ASSIGN_OR_RETURN(auto backend, node::CpuBackend::Create({a.threads}));
   FP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
                       Engine::Create(*model, std::move(backend), anchors.get(), options));
@@ -147,9 +170,8 @@ Status RunGenerate(const GenerateArgs& a) {
   if (a.leaves) {
     std::printf("step token state_digest leaf_hash\n");
     for (const node::StepOutput& o : outputs) {
-      std::printf("%llu %u %s %s\n", static_cast<unsigned long long>(o.leaf.step),
-                  o.leaf.token_id, HexEncode(o.leaf.state_digest).c_str(),
-                  HexEncode(o.leaf_hash).c_str());
+      std::printf("%llu %u %s %s\n", static_cast<unsigned long long>(o.leaf.step), o.leaf.token_id,
+                  HexEncode(o.leaf.state_digest).c_str(), HexEncode(o.leaf_hash).c_str());
     }
   }
   FP_ASSIGN_OR_RETURN(Hash profile, leaf::NumericsProfileHash(engine->numerics_profile()));
@@ -163,10 +185,12 @@ Status RunAnchorsBuild(const AnchorsArgs& a) {
   FP_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(a.model_dir));
   std::vector<int32_t> ids;
   if (!a.ids.empty()) {
-    FP_ASSIGN_OR_RETURN(ids, node::ParseTokenIds(a.ids, static_cast<int32_t>(model->config().vocab_size)));
+    FP_ASSIGN_OR_RETURN(
+        ids, node::ParseTokenIds(a.ids, static_cast<int32_t>(model->config().vocab_size)));
   } else {
-    FP_ASSIGN_OR_RETURN(auto tokenizer,
-                        node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size)));
+    FP_ASSIGN_OR_RETURN(
+        auto tokenizer,
+        node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size)));
     FP_ASSIGN_OR_RETURN(ids, tokenizer->Encode(a.text, /*add_bos=*/true));
   }
   FP_ASSIGN_OR_RETURN(auto backend, node::CpuBackend::Create({a.threads}));
@@ -186,12 +210,14 @@ void AddGenerateCommand(CLI::App& app) {
   auto* text = cmd->add_option("--prompt", a->prompt, "Prompt text (tokenized, BOS added)");
   auto* ids = cmd->add_option("--prompt-ids", a->prompt_ids, "Prompt as token ids: 1,2,3");
   text->excludes(ids);
-  cmd->add_option("--max-tokens", a->max_tokens, "Maximum output tokens")->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--max-tokens", a->max_tokens, "Maximum output tokens")
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--temperature", a->temperature, "0 = greedy");
   cmd->add_option("--top-k", a->top_k, "0 = no top-k cut");
   cmd->add_option("--top-p", a->top_p, "1 = no nucleus cut");
   cmd->add_option("--seed", a->seed, "Sampling seed (Philox key)");
-  cmd->add_option("--session-id", a->session_hex, "32 hex chars (default: derived from seed and prompt)");
+  cmd->add_option("--session-id", a->session_hex,
+                  "32 hex chars (default: derived from seed and prompt)");
   cmd->add_flag("--leaves", a->leaves, "Print every step leaf");
   cmd->add_flag("--ignore-eos", a->ignore_eos, "Do not stop at the model's EOS");
   cmd->add_option("--anchors", a->anchors_path, "Anchor set file (safetensors)");
@@ -199,7 +225,10 @@ void AddGenerateCommand(CLI::App& app) {
   cmd->add_option("--anchor-mode", a->anchor_mode, "mix or prefix");
   cmd->add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 256));
   cmd->add_option("--chunk", a->chunk, "Prefill chunk tokens")->check(CLI::Range(1, 65536));
-  cmd->add_option("--kv-budget-mb", a->kv_budget_mb, "KV cache budget (MiB)")->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--kv-budget-mb", a->kv_budget_mb, "KV cache budget (MiB)")
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--max-context", a->max_context, "Tokens per session (0: the model's)")
+      ->check(CLI::Range(0, 1 << 22));
   cmd->add_option("--quantize-bits", a->quantize_bits, "Digest rounding (mantissa bits); -1 none");
   SetAction(cmd, [a] {
     if (a->prompt.empty() && a->prompt_ids.empty()) {
@@ -235,7 +264,8 @@ void AddAnchorsCommands(CLI::App& app) {
   auto* text = build->add_option("--text", a->text, "Text to prefill (tokenized, BOS added)");
   auto* ids = build->add_option("--ids", a->ids, "Token ids to prefill: 1,2,3");
   text->excludes(ids);
-  build->add_option("--count", a->count, "Anchors: the last A positions")->check(CLI::Range(1, 65536));
+  build->add_option("--count", a->count, "Anchors: the last A positions")
+      ->check(CLI::Range(1, 65536));
   build->add_option("--gamma", a->gamma, "Gamma of every query head (0..1)");
   build->add_option("--threads", a->threads, "CPU threads")->check(CLI::Range(1, 256));
   build->add_option("out", a->out, "Output file (safetensors)")->required();
@@ -256,54 +286,76 @@ std::string CpuModelName() {
   return "unknown";
 }
 
+// What docs/performance.md records about the host: a busy, shared host shows in the load.
+boost::json::object HostRecord() {
+  double load = -1;
+  std::ifstream("/proc/loadavg") >> load;
+  char date[64];
+  std::time_t now = std::time(nullptr);
+  std::strftime(date, sizeof(date), "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  return {{"cpu", CpuModelName()},
+          {"cpus_online", ::sysconf(_SC_NPROCESSORS_ONLN)},
+          {"load_average_1m", load},
+          {"date_utc", date}};
+}
+
+StatusOr<std::unique_ptr<Model>> BenchModel(const std::string& model_dir) {
+  if (!model_dir.empty()) return Model::Load(model_dir);
+  std::string temp = (std::filesystem::temp_directory_path() / "fieldprint-bench-XXXXXX").string();
+  if (::mkdtemp(temp.data()) == nullptr) return InternalError("cannot create a temp folder");
+  Status written = node::WriteTinyModel(temp, node::TinyModelOptions{});
+  auto model = written.ok() ? Model::Load(temp) : StatusOr<std::unique_ptr<Model>>(written);
+  std::error_code ignored;
+  std::filesystem::remove_all(temp, ignored);  // the mapping keeps the weights alive
+  return model;
+}
+
 Status RunBenchEngine(const BenchArgs& a) {
-  std::string dir = a.model_dir;
-  std::string temp;
-  if (dir.empty()) {
-    temp = (std::filesystem::temp_directory_path() / "fieldprint-bench-XXXXXX").string();
-    if (::mkdtemp(temp.data()) == nullptr) return InternalError("cannot create a temp folder");
-    dir = temp;
-    FP_RETURN_IF_ERROR(node::WriteTinyModel(dir, node::TinyModelOptions{}));
-  }
-  auto model = Model::Load(dir);
-  if (!temp.empty()) std::filesystem::remove_all(temp);  // the mapping keeps the data alive
-  if (!model.ok()) return model.status();
-  const node::LlamaConfig& c = (*model)->config();
-  std::string results;
-  std::fprintf(stderr, "%-6s %-8s %-14s %-10s\n", "batch", "threads", "out tokens/s", "seconds");
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, BenchModel(a.model_dir));
+  boost::json::object record = HostRecord();
+  const node::LlamaConfig& c = model->config();
+  record["bench"] = "engine";
+  record["backend"] = "cpu";
+  record["model"] = {{"hidden", c.hidden_size},
+                     {"layers", c.num_layers},
+                     {"vocab", c.vocab_size},
+                     {"dtype", DTypeName(c.dtype)}};
+  record["prompt_tokens"] = a.prompt_tokens;
+  record["max_tokens"] = a.max_tokens;
+  boost::json::array results;
+  std::fprintf(stderr, "%-6s %-8s %-16s %-20s %-7s\n", "batch", "threads", "engine tokens/s",
+               "linear-only tokens/s", "ratio");
   for (int batch : {1, 16}) {
     for (int threads : {1, 2}) {
-      FP_ASSIGN_OR_RETURN(node::EngineBenchResult r,
-                          node::RunEngineBench(**model, batch, threads, a.prompt_tokens,
-                                               a.max_tokens));
-      std::fprintf(stderr, "%-6d %-8d %-14.1f %-10.3f\n", batch, threads,
-                   r.output_tokens_per_second, r.seconds);
-      char entry[256];
-      std::snprintf(entry, sizeof(entry),
-                    "%s{\"batch\":%d,\"threads\":%d,\"output_tokens\":%lld,"
-                    "\"seconds\":%.4f,\"output_tokens_per_second\":%.1f}",
-                    results.empty() ? "" : ",", batch, threads,
-                    static_cast<long long>(r.output_tokens), r.seconds,
-                    r.output_tokens_per_second);
-      results += entry;
+      FP_ASSIGN_OR_RETURN(
+          node::EngineBenchResult r,
+          node::RunEngineBench(*model, batch, threads, a.prompt_tokens, a.max_tokens));
+      double ratio = r.output_tokens_per_second / r.linear_only_tokens_per_second;
+      std::fprintf(stderr, "%-6d %-8d %-16.1f %-20.1f %-7.2f\n", batch, threads,
+                   r.output_tokens_per_second, r.linear_only_tokens_per_second, ratio);
+      results.push_back(
+          {{"batch", batch},
+           {"threads", threads},
+           {"output_tokens", r.output_tokens},
+           {"seconds", r.seconds},
+           {"output_tokens_per_second", r.output_tokens_per_second},
+           {"baseline_linear_only_tokens_per_second", r.linear_only_tokens_per_second}});
     }
   }
-  std::printf(
-      "{\"bench\":\"engine\",\"backend\":\"cpu\",\"cpu\":\"%s\",\"model\":{\"hidden\":%lld,"
-      "\"layers\":%lld,\"vocab\":%lld},\"prompt_tokens\":%d,\"max_tokens\":%d,"
-      "\"results\":[%s]}\n",
-      CpuModelName().c_str(), static_cast<long long>(c.hidden_size),
-      static_cast<long long>(c.num_layers), static_cast<long long>(c.vocab_size),
-      a.prompt_tokens, a.max_tokens, results.c_str());
+  record["results"] = std::move(results);
+  std::printf("%s\n", boost::json::serialize(record).c_str());
   return OkStatus();
 }
 
 void AddBenchCommands(CLI::App& bench) {
   auto a = std::make_shared<BenchArgs>();
-  CLI::App* cmd = bench.add_subcommand("engine", "CPU engine tokens/s (batch 1 and 16, 1 and 2 threads)");
+  CLI::App* cmd =
+      bench.add_subcommand("engine", "CPU engine tokens/s (batch 1 and 16, 1 and 2 threads)");
   cmd->add_option("--model", a->model_dir, "Model folder (default: a fresh tiny model)");
-  cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prompt tokens per session")->check(CLI::Range(1, 1024));
-  cmd->add_option("--max-tokens", a->max_tokens, "Output tokens per session")->check(CLI::Range(1, 1024));
+  cmd->add_option("--prompt-tokens", a->prompt_tokens, "Prompt tokens per session")
+      ->check(CLI::Range(1, 1024));
+  cmd->add_option("--max-tokens", a->max_tokens, "Output tokens per session")
+      ->check(CLI::Range(1, 1024));
   SetAction(cmd, [a] { return RunBenchEngine(*a); });
 }
 

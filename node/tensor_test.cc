@@ -1,10 +1,10 @@
 // Tests for Tensor: shapes, ownership and copies.
 #include "node/tensor.h"
 
-#include <gtest/gtest.h>
-
 #include <cstdint>
 #include <limits>
+
+#include <gtest/gtest.h>
 
 namespace fp::node {
 namespace {

@@ -18,10 +18,12 @@
 
 namespace fp::kernels {
 
+// Exact: bf16 is the top half of an f32.
 inline float Bf16ToF32(uint16_t bits) {
   return std::bit_cast<float>(static_cast<uint32_t>(bits) << 16);
 }
 
+// Round to nearest even; overflow gives infinity; NaN stays NaN.
 inline uint16_t F32ToBf16(float value) {
   const uint32_t bits = std::bit_cast<uint32_t>(value);
   if ((bits & 0x7fffffffu) > 0x7f800000u) {
@@ -32,8 +34,10 @@ inline uint16_t F32ToBf16(float value) {
   return static_cast<uint16_t>((bits + 0x7fffu + lsb) >> 16);
 }
 
-// Branch-free so loops over it vectorise: the exponent is rebased by one exact multiplication by
-// 2^112, which also normalises f16 subnormals (they land in the f32 subnormal range, exactly).
+// Exact. Branch-free so loops over it vectorise: the f16 bits moved into f32 position read as
+// the value times 2^-112 (an f32 subnormal when the f16 is subnormal), and one exact
+// multiplication by 2^112 restores it. Needs the default floating-point environment (no
+// denormals-are-zero mode).
 inline float F16ToF32(uint16_t bits) {
   const uint32_t sign = (static_cast<uint32_t>(bits) & 0x8000u) << 16;
   const uint32_t magnitude = static_cast<uint32_t>(bits) & 0x7fffu;
@@ -44,6 +48,8 @@ inline float F16ToF32(uint16_t bits) {
   return std::bit_cast<float>(sign | (special & special_mask) | (finite & ~special_mask));
 }
 
+// Round to nearest even (subnormal results included); >= 65520 in magnitude gives infinity; NaN
+// stays NaN.
 uint16_t F32ToF16(float value);
 
 // Reads element `index` of a weight array of `dtype` as f32. `base` must be aligned to the

@@ -427,6 +427,26 @@ TEST_F(StateDigestKernelTest, SingleRowEqualsTheSameRowInsideABatch) {
   }
 }
 
+TEST_F(StateDigestKernelTest, WidestRowsLoopEveryThreadOverSeveralLeaves) {
+  // Up to 1024 leaves per row against 256 threads per block: each thread hashes several leaves
+  // and several pairs per tree level.
+  struct Shape {
+    DType dtype;
+    int64_t rows, width;
+  };
+  const int64_t max_bf16 = kMaxStateDigestRowBytes / 2;
+  for (const Shape& shape : {Shape{DType::kBf16, 2, max_bf16}, Shape{DType::kBf16, 3, max_bf16 - 1},
+                             Shape{DType::kF32, 2, 200'000 + 3}}) {
+    const int bits = DTypeMantissaBits(shape.dtype) - 1;
+    const Bytes tensor = RandomTensor(shape.dtype, shape.rows * shape.width, 9);
+    ASSERT_OK_AND_ASSIGN(const std::vector<Hash> expected,
+                         leaf::RowStateDigests(shape.dtype, bits, tensor, shape.rows, shape.width));
+    ASSERT_OK_AND_ASSIGN(const std::vector<Hash> actual,
+                         GpuDigests(tensor, shape.dtype, bits, shape.rows, shape.width));
+    EXPECT_TRUE(SameDigests(actual, expected)) << Case(shape.dtype, shape.width, bits, shape.rows);
+  }
+}
+
 TEST_F(StateDigestKernelTest, EmptyRowsDigestToTheEmptyTreeRoot) {
   ASSERT_OK_AND_ASSIGN(const std::vector<Hash> actual,
                        GpuDigests(Bytes(), DType::kBf16, 7, /*rows=*/3, /*width=*/0));

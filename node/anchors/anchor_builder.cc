@@ -18,7 +18,8 @@ StatusOr<std::unique_ptr<AnchorSet>> BuildAnchorSet(const Model& model, Backend&
                                 ") <= text tokens (" + std::to_string(n) +
                                 ") <= max_position_embeddings");
   }
-  if (!(gamma >= 0.0f && gamma <= 1.0f)) return InvalidArgumentError("anchors: gamma not in [0, 1]");
+  if (!(gamma >= 0.0f && gamma <= 1.0f))
+    return InvalidArgumentError("anchors: gamma not in [0, 1]");
   for (int32_t id : tokens) {
     if (id < 0 || id >= c.vocab_size) {
       return InvalidArgumentError("anchors: token id " + std::to_string(id) + " out of range");
@@ -33,8 +34,9 @@ StatusOr<std::unique_ptr<AnchorSet>> BuildAnchorSet(const Model& model, Backend&
   ForwardResult ignored;
   for (int64_t start = 0; start < n; start += kMaxBatchTokens) {
     ForwardSequence chunk;
-    chunk.tokens = tokens.subspan(static_cast<size_t>(start),
-                                  static_cast<size_t>(std::min<int64_t>(kMaxBatchTokens, n - start)));
+    chunk.tokens =
+        tokens.subspan(static_cast<size_t>(start),
+                       static_cast<size_t>(std::min<int64_t>(kMaxBatchTokens, n - start)));
     chunk.start_row = static_cast<int32_t>(start);
     chunk.block_table = table;
     FP_RETURN_IF_ERROR(backend.Forward({&chunk, 1}, ForwardOptions{}, &ignored));

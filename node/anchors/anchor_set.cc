@@ -125,12 +125,12 @@ StatusOr<std::unique_ptr<AnchorSet>> AnchorSet::WithGamma(float gamma) const {
 Status AnchorSet::CheckCompatible(const LlamaConfig& c) const {
   if (num_layers() != c.num_layers || kv_heads() != c.num_kv_heads || head_dim() != c.head_dim ||
       q_heads() != c.num_heads) {
-    return InvalidArgumentError(
-        "anchor set has " + std::to_string(num_layers()) + " layers, " +
-        std::to_string(kv_heads()) + " KV heads, head_dim " + std::to_string(head_dim()) + ", " +
-        std::to_string(q_heads()) + " query heads; the model has " +
-        std::to_string(c.num_layers) + ", " + std::to_string(c.num_kv_heads) + ", " +
-        std::to_string(c.head_dim) + ", " + std::to_string(c.num_heads));
+    return InvalidArgumentError("anchor set has " + std::to_string(num_layers()) + " layers, " +
+                                std::to_string(kv_heads()) + " KV heads, head_dim " +
+                                std::to_string(head_dim()) + ", " + std::to_string(q_heads()) +
+                                " query heads; the model has " + std::to_string(c.num_layers) +
+                                ", " + std::to_string(c.num_kv_heads) + ", " +
+                                std::to_string(c.head_dim) + ", " + std::to_string(c.num_heads));
   }
   return OkStatus();
 }

@@ -28,7 +28,6 @@
 namespace fp::node {
 
 inline constexpr int64_t kMaxAnchors = 1 << 16;
-inline constexpr size_t kMaxAnchorFileBytes = size_t{4} << 30;
 
 enum class AnchorMode : uint8_t {
   kMix = 0,

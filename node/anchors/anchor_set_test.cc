@@ -3,11 +3,11 @@
 // rejection of malformed sets.
 #include "node/anchors/anchor_set.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <cmath>
 #include <filesystem>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "kernels/base/half.h"
 #include "node/anchors/anchor_builder.h"
@@ -133,9 +133,12 @@ TEST_F(AnchorSetTest, BuildTakesValueRowsOfTheLastPositions) {
 
 TEST_F(AnchorSetTest, InvalidSetsAreRejected) {
   EXPECT_THAT(AnchorSet::Create({}), StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(AnchorSet::Create(Layers(1, 2, 1, 4, 2, 1.5f)), StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(AnchorSet::Create(Layers(1, 2, 1, 4, 2, NAN)), StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(AnchorSet::Create(Layers(1, 0, 1, 4, 2, 0.5f)), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(AnchorSet::Create(Layers(1, 2, 1, 4, 2, 1.5f)),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(AnchorSet::Create(Layers(1, 2, 1, 4, 2, NAN)),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(AnchorSet::Create(Layers(1, 0, 1, 4, 2, 0.5f)),
+              StatusIs(StatusCode::kInvalidArgument));
   std::vector<AnchorLayer> mixed = Layers(2, 2, 1, 4, 2, 0.5f);
   mixed[1].value = Tensor::Zeros(DType::kF32, {3, 1, 4});
   EXPECT_THAT(AnchorSet::Create(std::move(mixed)), StatusIs(StatusCode::kInvalidArgument));

@@ -62,7 +62,7 @@ struct ForwardSequence {
   // Emit: produce token, digest (and hidden/logits if asked) for the chunk's last token.
   bool emit = false;
   kernels::SamplingParams sampling{0.0f, 0, 1.0f, 0};  // read when emit; greedy by default
-  uint64_t step = 0;                   // the step number the emitted token gets (Philox counter)
+  uint64_t step = 0;  // the step number the emitted token gets (Philox counter)
 };
 
 struct ForwardOptions {

@@ -140,8 +140,12 @@ Status CpuBackend::AllocateKvCache(int32_t num_blocks, int32_t block_size) {
 
 kernels::PagedKvCache CpuBackend::CacheView(size_t layer) {
   const LlamaConfig& c = model_->config();
-  return {key_cache_[layer].get(), value_cache_[layer].get(), num_blocks_, block_size_,
-          static_cast<int32_t>(c.num_kv_heads), static_cast<int32_t>(c.head_dim)};
+  return {key_cache_[layer].get(),
+          value_cache_[layer].get(),
+          num_blocks_,
+          block_size_,
+          static_cast<int32_t>(c.num_kv_heads),
+          static_cast<int32_t>(c.head_dim)};
 }
 
 kernels::AnchorSet CpuBackend::AnchorView(size_t layer) const {
@@ -163,8 +167,8 @@ Status CpuBackend::WriteAnchorPrefix(std::span<const int32_t> block_table) {
   kernels::BlockTables tables{block_table.data(), 1, static_cast<int32_t>(block_table.size())};
   for (size_t l = 0; l < key_cache_.size(); ++l) {
     FP_RETURN_IF_ERROR(kernels::WritePagedKv(anchor_key_[l].data(), anchor_value_[l].data(),
-                                             seq_ids.data(), positions.data(), num_anchors_,
-                                             tables, CacheView(l), *pool_));
+                                             seq_ids.data(), positions.data(), num_anchors_, tables,
+                                             CacheView(l), *pool_));
   }
   return OkStatus();
 }
@@ -179,7 +183,9 @@ Status CpuBackend::Validate(std::span<const ForwardSequence> batch, int64_t* tot
   for (const ForwardSequence& s : batch) {
     int64_t n = static_cast<int64_t>(s.tokens.size());
     int64_t end = s.start_row + n;
-    if (n < 1 || s.start_row < 0) return InvalidArgumentError("cpu backend: empty chunk");
+    if (n < 1 || s.start_row < 0) {
+      return InvalidArgumentError("cpu backend: empty chunk or negative start row");
+    }
     if (end > static_cast<int64_t>(s.block_table.size()) * block_size_) {
       return InvalidArgumentError("cpu backend: chunk rows past the sequence's block table");
     }
@@ -261,8 +267,8 @@ Status CpuBackend::RunLayer(size_t layer, int64_t t, int32_t num_seqs, int32_t m
                                       s_.h.data(), t, c.hidden_size, pool));
   FP_RETURN_IF_ERROR(Linear(s_.h, w.gate_proj, s_.gate, t, pool));
   FP_RETURN_IF_ERROR(Linear(s_.h, w.up_proj, s_.up, t, pool));
-  FP_RETURN_IF_ERROR(kernels::SwiGlu(s_.gate.data(), s_.up.data(), s_.gate.data(),
-                                     t * c.intermediate_size, pool));
+  FP_RETURN_IF_ERROR(
+      kernels::SwiGlu(s_.gate.data(), s_.up.data(), s_.gate.data(), t * c.intermediate_size, pool));
   FP_RETURN_IF_ERROR(Linear(s_.gate, w.down_proj, s_.out, t, pool));
   return kernels::ResidualAdd(s_.x.data(), s_.out.data(), t * c.hidden_size, pool);
 }

@@ -34,8 +34,8 @@ class CpuBackend : public Backend {
   Status WriteAnchorPrefix(std::span<const int32_t> block_table) override;
   Status Forward(std::span<const ForwardSequence> batch, const ForwardOptions& options,
                  ForwardResult* result) override;
-  Status ReadKvRows(std::span<const int32_t> block_table, int32_t layer, int32_t begin,
-                    int32_t end, Tensor* key, Tensor* value) override;
+  Status ReadKvRows(std::span<const int32_t> block_table, int32_t layer, int32_t begin, int32_t end,
+                    Tensor* key, Tensor* value) override;
 
  private:
   explicit CpuBackend(std::unique_ptr<kernels::ThreadPool> pool) : pool_(std::move(pool)) {}

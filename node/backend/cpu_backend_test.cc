@@ -4,13 +4,13 @@
 // margins, and the error paths.
 #include "node/backend/cpu_backend.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <numeric>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "common/leaf/state_digest.h"
 #include "kernels/base/half.h"
@@ -122,7 +122,8 @@ std::vector<std::vector<double>> NaiveLogits(const Model& m, const std::vector<i
     }
   }
   std::vector<std::vector<double>> logits;
-  for (auto& row : x) logits.push_back(MatVec(m.lm_head(), RmsNormNaive(row, m.final_norm(), c.rms_norm_eps)));
+  for (auto& row : x)
+    logits.push_back(MatVec(m.lm_head(), RmsNormNaive(row, m.final_norm(), c.rms_norm_eps)));
   return logits;
 }
 
@@ -171,7 +172,8 @@ class CpuBackendTest : public ::testing::Test {
     ForwardResult result;
     for (size_t start = 0; start < tokens.size(); start += chunk) {
       ForwardSequence s;
-      s.tokens = std::span<const int32_t>(tokens).subspan(start, std::min(chunk, tokens.size() - start));
+      s.tokens =
+          std::span<const int32_t>(tokens).subspan(start, std::min(chunk, tokens.size() - start));
       s.start_row = static_cast<int32_t>(start);
       s.block_table = table;
       s.emit = start + chunk >= tokens.size();
@@ -187,8 +189,7 @@ class CpuBackendTest : public ::testing::Test {
   }
 
   static bool SameBytes(const Tensor& a, const Tensor& b) {
-    return a.bytes_size() == b.bytes_size() &&
-           std::memcmp(a.data(), b.data(), a.bytes_size()) == 0;
+    return a.bytes_size() == b.bytes_size() && std::memcmp(a.data(), b.data(), a.bytes_size()) == 0;
   }
 
   std::vector<std::unique_ptr<testing::TempDir>> dirs_;
@@ -205,8 +206,12 @@ TEST_F(CpuBackendTest, LogitsMatchNaiveReferenceAtEveryPosition) {
     std::vector<int32_t> table = Blocks(0, 3);
     double worst = 0;
     for (size_t p = 0; p < tokens.size(); ++p) {  // teacher-forced decode, one token at a time
-      ForwardSequence s{std::span<const int32_t>(tokens).subspan(p, 1), static_cast<int32_t>(p),
-                        table, true, {0, 0, 1, 0}, p};
+      ForwardSequence s{std::span<const int32_t>(tokens).subspan(p, 1),
+                        static_cast<int32_t>(p),
+                        table,
+                        true,
+                        {0, 0, 1, 0},
+                        p};
       ForwardResult r;
       ASSERT_OK(backend->Forward({&s, 1}, {false, true}, &r));
       for (int64_t v = 0; v < model->config().vocab_size; ++v) {
@@ -235,8 +240,8 @@ TEST_F(CpuBackendTest, SequenceResultIsIndependentOfItsBatch) {
   EXPECT_EQ(together.tokens[1], alone.tokens[0]);
   EXPECT_EQ(together.state_digests[1], alone.state_digests[0]);
   const size_t hidden = static_cast<size_t>(model->config().hidden_size) * 2;  // bf16 bytes
-  EXPECT_EQ(std::memcmp(together.hidden.bytes().data() + hidden, alone.hidden.bytes().data(), hidden),
-            0);
+  EXPECT_EQ(
+      std::memcmp(together.hidden.bytes().data() + hidden, alone.hidden.bytes().data(), hidden), 0);
 }
 
 TEST_F(CpuBackendTest, ChunkingAndThreadsDoNotChangeBits) {
@@ -256,14 +261,14 @@ TEST_F(CpuBackendTest, ChunkingAndThreadsDoNotChangeBits) {
 }
 
 TEST_F(CpuBackendTest, DigestCoversTheCanonicalHiddenState) {
-  for (DType dtype : {DType::kBf16, DType::kF32}) {
+  for (DType dtype : {DType::kBf16, DType::kF16, DType::kF32}) {
     auto model = MakeModel(Small(dtype));
     auto backend = MakeBackend(*model, 1);
     ForwardResult r = Prefill(*backend, Prompt(9, 12), Blocks(0, 1), 64);
     EXPECT_EQ(r.hidden.dtype(), dtype);
     EXPECT_EQ(r.hidden.shape(), Shape({1, 64}));
-    ASSERT_OK_AND_ASSIGN(Hash expected,
-                         leaf::TensorStateDigest(dtype, DTypeMantissaBits(dtype), r.hidden.bytes()));
+    ASSERT_OK_AND_ASSIGN(
+        Hash expected, leaf::TensorStateDigest(dtype, DTypeMantissaBits(dtype), r.hidden.bytes()));
     EXPECT_EQ(r.state_digests[0], expected);
   }
 }
@@ -307,7 +312,10 @@ TEST_F(CpuBackendTest, TinyModelGreedyMarginsAreWide) {
       smallest = std::min<double>(smallest, row[0] - row[1]);
       tokens.push_back(r.tokens[0]);
       ForwardSequence s{std::span<const int32_t>(tokens).last(1),
-                        static_cast<int32_t>(tokens.size() - 1), table, true, {0, 0, 1, 0},
+                        static_cast<int32_t>(tokens.size() - 1),
+                        table,
+                        true,
+                        {0, 0, 1, 0},
                         static_cast<uint64_t>(step + 1)};
       ASSERT_OK(backend->Forward({&s, 1}, {false, true}, &r));
     }
@@ -330,12 +338,12 @@ TEST_F(CpuBackendTest, MalformedBatchesAreRejected) {
   ForwardSequence past_table{tokens, 0, table, true, {0, 0, 1, 0}, 0};  // 20 rows, 16 in table
   EXPECT_THAT(backend->Forward({&past_table, 1}, {}, &r), StatusIs(StatusCode::kInvalidArgument));
   std::vector<int32_t> big_table = Blocks(0, 40);
-  ForwardSequence past_positions{std::span<const int32_t>(tokens).first(1), 512, big_table, true,
-                                 {0, 0, 1, 0}, 0};
+  ForwardSequence past_positions{
+      std::span<const int32_t>(tokens).first(1), 512, big_table, true, {0, 0, 1, 0}, 0};
   EXPECT_THAT(backend->Forward({&past_positions, 1}, {}, &r),
               StatusIs(StatusCode::kInvalidArgument));
-  ForwardSequence bad_token{std::span<const int32_t>(tokens).first(1), 0, table, true,
-                            {-1.0f, 0, 1, 0}, 0};
+  ForwardSequence bad_token{
+      std::span<const int32_t>(tokens).first(1), 0, table, true, {-1.0f, 0, 1, 0}, 0};
   EXPECT_THAT(backend->Forward({&bad_token, 1}, {}, &r), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(backend->Forward({}, {}, &r), StatusIs(StatusCode::kInvalidArgument));
 }
@@ -357,7 +365,8 @@ TEST_F(CpuBackendTest, BadOptionsAreRejected) {
   EXPECT_THAT(CpuBackend::Create({0}), StatusIs(StatusCode::kInvalidArgument));
   auto model = MakeModel(Small(DType::kBf16));
   auto backend = std::move(CpuBackend::Create({1}).value());
-  EXPECT_THAT(backend->LoadModel(*model, {DType::kBf16, 8}), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(backend->LoadModel(*model, {DType::kBf16, 8}),
+              StatusIs(StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -106,7 +106,8 @@ Status Engine::Submit(SessionRequest request) {
   FP_RETURN_IF_ERROR(ValidateIds(request.stop_tokens, vocab, "stop"));
   FP_RETURN_IF_ERROR(ValidateSampling(request.sampling));
   Session s;
-  s.max_outputs = static_cast<int32_t>(std::min<int64_t>(request.max_tokens, context_tokens_ - prompt));
+  s.max_outputs =
+      static_cast<int32_t>(std::min<int64_t>(request.max_tokens, context_tokens_ - prompt));
   // The last output is never fed back, so the cache holds at most prompt + outputs - 1 rows.
   int64_t rows = prefix_rows_ + prompt + s.max_outputs - 1;
   if (kv_.BlocksFor(rows) > kv_.num_blocks()) {
@@ -126,8 +127,7 @@ Status Engine::Submit(SessionRequest request) {
 void Engine::AdmitWaiting() {
   // Strict arrival order: a large session at the head is not overtaken by smaller ones, so it
   // cannot starve.
-  while (!waiting_.empty() &&
-         running_.size() < static_cast<size_t>(options_.max_batch_sequences)) {
+  while (!waiting_.empty() && running_.size() < static_cast<size_t>(options_.max_batch_sequences)) {
     Session& s = sessions_.at(waiting_.front());
     int64_t rows = prefix_rows_ + static_cast<int64_t>(s.request.prompt.size()) + s.max_outputs - 1;
     if (!kv_.TryReserve(s.seq, rows)) break;

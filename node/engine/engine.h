@@ -59,10 +59,10 @@ struct EngineOptions {
 
 struct SessionRequest {
   SessionId id{};
-  std::vector<int32_t> prompt;                           // >= 1 token ids
-  kernels::SamplingParams sampling{0.0f, 0, 1.0f, 0};    // greedy by default; seed inside
-  int32_t max_tokens = 16;                               // >= 1; cut to the context
-  std::vector<int32_t> stop_tokens;                      // outputs that end the session
+  std::vector<int32_t> prompt;                         // >= 1 token ids
+  kernels::SamplingParams sampling{0.0f, 0, 1.0f, 0};  // greedy by default; seed inside
+  int32_t max_tokens = 16;                             // >= 1; cut to the context
+  std::vector<int32_t> stop_tokens;                    // outputs that end the session
 };
 
 enum class FinishReason : uint8_t {
@@ -157,11 +157,11 @@ class Engine {
  private:
   struct Session {
     SessionRequest request;
-    uint64_t seq = 0;              // key in the KV manager
-    std::vector<int32_t> tokens;   // prompt ++ outputs
-    int32_t max_outputs = 0;       // max_tokens cut to the context
-    int64_t cached_rows = 0;       // rows of `tokens` in the cache
-    bool prefix_written = false;   // prefix mode: anchor rows are in this session's cache
+    uint64_t seq = 0;             // key in the KV manager
+    std::vector<int32_t> tokens;  // prompt ++ outputs
+    int32_t max_outputs = 0;      // max_tokens cut to the context
+    int64_t cached_rows = 0;      // rows of `tokens` in the cache
+    bool prefix_written = false;  // prefix mode: anchor rows are in this session's cache
     SessionState state = SessionState::kWaiting;
     FinishReason finish = FinishReason::kNone;
     uint64_t steps() const { return tokens.size() - request.prompt.size(); }

@@ -2,9 +2,9 @@
 // truncation and release.
 #include "node/kv/kv_cache_manager.h"
 
-#include <gtest/gtest.h>
-
 #include <set>
+
+#include <gtest/gtest.h>
 
 #include "tests/testutil/status_matchers.h"
 

@@ -1,8 +1,9 @@
 // config.json parsing and writing for LLaMA-family models; see config.h.
 #include "node/model/config.h"
 
-#include <boost/json.hpp>
 #include <cmath>
+
+#include <boost/json.hpp>
 
 #include "node/model/mapped_file.h"
 
@@ -107,18 +108,23 @@ Status CheckArchitecture(const Fields& f) {
   return OkStatus();
 }
 
-Status ParseRopeScaling(const Fields& f, LlamaConfig& c) {
-  const json::value* v = f.Get("rope_scaling");
+// RoPE settings: "rope_theta" and "rope_scaling" (transformers 4.x) or one "rope_parameters"
+// object holding both (transformers 5).
+Status ParseRope(const Fields& f, LlamaConfig& c) {
+  FP_ASSIGN_OR_RETURN(c.rope_theta, f.Positive("rope_theta", 10000.0));
+  std::string_view field = f.Get("rope_parameters") != nullptr ? "rope_parameters" : "rope_scaling";
+  const json::value* v = f.Get(field);
   if (v == nullptr) return OkStatus();
   const json::object* obj = v->if_object();
-  if (obj == nullptr) return f.Error("rope_scaling", "must be null or an object");
-  Fields s(*obj, "rope_scaling");
+  if (obj == nullptr) return f.Error(field, "must be null or an object");
+  Fields s(*obj, field);
+  FP_ASSIGN_OR_RETURN(c.rope_theta, s.Positive("rope_theta", c.rope_theta));
   FP_ASSIGN_OR_RETURN(std::string type, s.String("rope_type", ""));
   if (type.empty()) {
     FP_ASSIGN_OR_RETURN(type, s.String("type", "default"));
   }
   if (type == "default") return OkStatus();
-  if (type != "llama3") return UnimplementedError("unsupported rope_scaling type '" + type + "'");
+  if (type != "llama3") return UnimplementedError("unsupported rope type '" + type + "'");
   c.rope_scaling = RopeScaling::kLlama3;
   FP_ASSIGN_OR_RETURN(c.rope_factor, s.Positive("factor", 8.0));
   FP_ASSIGN_OR_RETURN(c.rope_low_freq_factor, s.Positive("low_freq_factor", 1.0));
@@ -126,7 +132,7 @@ Status ParseRopeScaling(const Fields& f, LlamaConfig& c) {
   FP_ASSIGN_OR_RETURN(c.rope_original_max_positions,
                       s.Int("original_max_position_embeddings", 1, kMaxPositions, 8192));
   if (c.rope_high_freq_factor <= c.rope_low_freq_factor) {
-    return f.Error("rope_scaling", "needs high_freq_factor > low_freq_factor");
+    return f.Error(field, "needs high_freq_factor > low_freq_factor");
   }
   return OkStatus();
 }
@@ -177,8 +183,7 @@ StatusOr<LlamaConfig> ParseLlamaConfig(std::string_view json_text, std::string_v
   if (!arch.ok()) return arch.WithContext(file_name);
   FP_RETURN_IF_ERROR(ParseSizes(f, c));
   FP_ASSIGN_OR_RETURN(c.rms_norm_eps, f.Positive("rms_norm_eps", 1e-6));
-  FP_ASSIGN_OR_RETURN(c.rope_theta, f.Positive("rope_theta", 10000.0));
-  Status rope = ParseRopeScaling(f, c);
+  Status rope = ParseRope(f, c);
   if (!rope.ok()) return rope.WithContext(file_name);
   FP_ASSIGN_OR_RETURN(c.tie_word_embeddings, f.Bool("tie_word_embeddings", false));
   FP_ASSIGN_OR_RETURN(c.bos_token_ids, f.TokenIds("bos_token_id", c.vocab_size));

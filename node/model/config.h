@@ -42,9 +42,9 @@ struct LlamaConfig {
   double rms_norm_eps = 1e-6;
   double rope_theta = 10000.0;
   RopeScaling rope_scaling = RopeScaling::kNone;
-  double rope_factor = 1.0;            // llama3 only
-  double rope_low_freq_factor = 1.0;   // llama3 only
-  double rope_high_freq_factor = 4.0;  // llama3 only
+  double rope_factor = 1.0;                 // llama3 only
+  double rope_low_freq_factor = 1.0;        // llama3 only
+  double rope_high_freq_factor = 4.0;       // llama3 only
   int64_t rope_original_max_positions = 0;  // llama3 only
   bool tie_word_embeddings = false;
   std::vector<int32_t> bos_token_ids;  // usually one

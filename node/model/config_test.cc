@@ -76,6 +76,17 @@ TEST_F(LlamaConfigTest, EosListIsAccepted) {
   EXPECT_EQ(c.eos_token_ids, std::vector<int32_t>({128001, 128008, 128009}));
 }
 
+TEST_F(LlamaConfigTest, ParsesTransformers5RopeParameters) {
+  std::string text = Replace(kLlama2Config, R"("rope_scaling": null)",
+                             R"("rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,)"
+                             R"( "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,)"
+                             R"( "original_max_position_embeddings": 8192})");
+  ASSERT_OK_AND_ASSIGN(LlamaConfig c, ParseLlamaConfig(text, "config.json"));
+  EXPECT_DOUBLE_EQ(c.rope_theta, 500000.0);
+  EXPECT_EQ(c.rope_scaling, RopeScaling::kLlama3);
+  EXPECT_DOUBLE_EQ(c.rope_factor, 8.0);
+}
+
 TEST_F(LlamaConfigTest, SerializeRoundTrips) {
   ASSERT_OK_AND_ASSIGN(LlamaConfig c, ParseLlamaConfig(kLlama32Config, "config.json"));
   ASSERT_OK_AND_ASSIGN(LlamaConfig back, ParseLlamaConfig(SerializeLlamaConfig(c), "rt"));
@@ -98,29 +109,33 @@ TEST_F(LlamaConfigTest, UnknownArchitectureIsUnimplementedAndNamed) {
 }
 
 TEST_F(LlamaConfigTest, UnsupportedFeaturesAreUnimplemented) {
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama32Config, R"("attention_bias": false)",
-                                       R"("attention_bias": true)"), "c"),
-              StatusIs(StatusCode::kUnimplemented));
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama32Config, R"("rope_type": "llama3")",
-                                       R"("rope_type": "yarn")"), "c"),
-              StatusIs(StatusCode::kUnimplemented));
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama2Config, R"("hidden_act": "silu")",
-                                       R"("hidden_act": "gelu")"), "c"),
-              StatusIs(StatusCode::kUnimplemented));
+  EXPECT_THAT(
+      ParseLlamaConfig(
+          Replace(kLlama32Config, R"("attention_bias": false)", R"("attention_bias": true)"), "c"),
+      StatusIs(StatusCode::kUnimplemented));
+  EXPECT_THAT(
+      ParseLlamaConfig(
+          Replace(kLlama32Config, R"("rope_type": "llama3")", R"("rope_type": "yarn")"), "c"),
+      StatusIs(StatusCode::kUnimplemented));
+  EXPECT_THAT(
+      ParseLlamaConfig(Replace(kLlama2Config, R"("hidden_act": "silu")", R"("hidden_act": "gelu")"),
+                       "c"),
+      StatusIs(StatusCode::kUnimplemented));
 }
 
 TEST_F(LlamaConfigTest, InconsistentSizesAreRejected) {
   EXPECT_THAT(ParseLlamaConfig(Replace(kLlama2Config, R"("num_key_value_heads": 32)",
-                                       R"("num_key_value_heads": 5)"), "c"),
+                                       R"("num_key_value_heads": 5)"),
+                               "c"),
               StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama2Config, R"("hidden_size": 4096)",
-                                       R"("hidden_size": 4097)"), "c"),
+  EXPECT_THAT(ParseLlamaConfig(
+                  Replace(kLlama2Config, R"("hidden_size": 4096)", R"("hidden_size": 4097)"), "c"),
               StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama2Config, R"("vocab_size": 32000)",
-                                       R"("vocab_size": -3)"), "c"),
+  EXPECT_THAT(ParseLlamaConfig(
+                  Replace(kLlama2Config, R"("vocab_size": 32000)", R"("vocab_size": -3)"), "c"),
               StatusIs(StatusCode::kInvalidArgument));
-  EXPECT_THAT(ParseLlamaConfig(Replace(kLlama2Config, R"("eos_token_id": 2)",
-                                       R"("eos_token_id": 32000)"), "c"),
+  EXPECT_THAT(ParseLlamaConfig(
+                  Replace(kLlama2Config, R"("eos_token_id": 2)", R"("eos_token_id": 32000)"), "c"),
               StatusIs(StatusCode::kInvalidArgument));
 }
 

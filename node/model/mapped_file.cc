@@ -1,13 +1,13 @@
 // Memory-mapped files and atomic writes over POSIX; see mapped_file.h.
 #include "node/model/mapped_file.h"
 
+#include <cerrno>
+#include <cstring>
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
-
-#include <cerrno>
-#include <cstring>
 
 namespace fp::node {
 namespace {

@@ -2,9 +2,10 @@
 #include "node/model/model.h"
 
 #include <algorithm>
-#include <boost/json.hpp>
 #include <filesystem>
 #include <set>
+
+#include <boost/json.hpp>
 
 #include "node/model/mapped_file.h"
 
@@ -112,8 +113,8 @@ StatusOr<std::unique_ptr<Model>> Model::Load(const std::string& dir) {
   }
   for (const auto& [name, file_name] : shards.weight_map) {
     if (!by_name.contains(name)) {
-      return InvalidArgumentError(dir + "/" + file_name + ": missing tensor '" + name +
-                                  "' that " + kIndexFile + " maps to it");
+      return InvalidArgumentError(dir + "/" + file_name + ": missing tensor '" + name + "' that " +
+                                  kIndexFile + " maps to it");
     }
   }
   FP_RETURN_IF_ERROR(model->LoadTensors(by_name));
@@ -131,8 +132,9 @@ Status Model::LoadTensors(const std::map<std::string, const SafetensorsFile*>& b
     Shape shape;
     Tensor* dest;
   };
-  std::vector<Expected> expected = {{"model.embed_tokens.weight", {c.vocab_size, h}, &embed_tokens_},
-                                    {"model.norm.weight", {h}, &final_norm_}};
+  std::vector<Expected> expected = {
+      {"model.embed_tokens.weight", {c.vocab_size, h}, &embed_tokens_},
+      {"model.norm.weight", {h}, &final_norm_}};
   if (!c.tie_word_embeddings) expected.push_back({"lm_head.weight", {c.vocab_size, h}, &lm_head_});
   layers_.resize(static_cast<size_t>(c.num_layers));
   for (int64_t i = 0; i < c.num_layers; ++i) {

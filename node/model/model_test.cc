@@ -2,11 +2,11 @@
 // re-implementation of its definition) and every rejection the loader promises.
 #include "node/model/model.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <filesystem>
 #include <fstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "node/model/mapped_file.h"
 #include "node/model/tiny_model.h"
@@ -173,7 +173,9 @@ TEST_F(ModelTest, WrongShapeIsNamedWithBothShapes) {
 }
 
 TEST_F(ModelTest, UnexpectedTensorIsRejected) {
-  RewriteWeights([](auto& t) { t["model.layers.0.self_attn.q_proj.bias"] = Tensor::Zeros(DType::kBf16, {64}); });
+  RewriteWeights([](auto& t) {
+    t["model.layers.0.self_attn.q_proj.bias"] = Tensor::Zeros(DType::kBf16, {64});
+  });
   auto result = Model::Load(Dir());
   EXPECT_THAT(result, StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(std::string(result.status().message()), HasSubstr("q_proj.bias"));
@@ -199,15 +201,16 @@ TEST_F(ModelTest, MissingWeightsAreNotFound) {
 }
 
 TEST_F(ModelTest, IndexNamingAMissingShardFails) {
-  ASSERT_OK(WriteFileAtomically(Dir() + "/model.safetensors.index.json",
-                                AsBytes(R"({"weight_map":{"model.norm.weight":"gone.safetensors"}})")));
+  ASSERT_OK(
+      WriteFileAtomically(Dir() + "/model.safetensors.index.json",
+                          AsBytes(R"({"weight_map":{"model.norm.weight":"gone.safetensors"}})")));
   EXPECT_THAT(Model::Load(Dir()), StatusIs(StatusCode::kNotFound));
 }
 
 TEST_F(ModelTest, IndexWithPathTraversalIsRejected) {
-  ASSERT_OK(WriteFileAtomically(
-      Dir() + "/model.safetensors.index.json",
-      AsBytes(R"({"weight_map":{"model.norm.weight":"../x.safetensors"}})")));
+  ASSERT_OK(
+      WriteFileAtomically(Dir() + "/model.safetensors.index.json",
+                          AsBytes(R"({"weight_map":{"model.norm.weight":"../x.safetensors"}})")));
   EXPECT_THAT(Model::Load(Dir()), StatusIs(StatusCode::kInvalidArgument));
 }
 

@@ -2,8 +2,9 @@
 #include "node/model/safetensors.h"
 
 #include <algorithm>
-#include <boost/json.hpp>
 #include <cstring>
+
+#include <boost/json.hpp>
 
 namespace fp::node {
 namespace json = boost::json;
@@ -160,10 +161,10 @@ StatusOr<SafetensorsHeader> ParseSafetensors(ByteSpan file, std::string_view fil
                          " bytes, file has " + std::to_string(file.size() - kHeaderLengthBytes));
   }
   json::error_code ec;
-  json::value root = json::parse(
-      json::string_view(reinterpret_cast<const char*>(file.data()) + kHeaderLengthBytes,
-                        header_bytes),
-      ec);
+  json::value root =
+      json::parse(json::string_view(reinterpret_cast<const char*>(file.data()) + kHeaderLengthBytes,
+                                    header_bytes),
+                  ec);
   if (ec) return InvalidArgumentError(where + "header is not valid JSON: " + ec.message());
   const json::object* obj = root.if_object();
   if (obj == nullptr) return InvalidArgumentError(where + "header is not a JSON object");
@@ -202,15 +203,18 @@ StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std::stri
 }
 
 const SafetensorsEntry* SafetensorsFile::Find(std::string_view name) const {
-  auto it = std::lower_bound(header_.tensors.begin(), header_.tensors.end(), name,
-                             [](const SafetensorsEntry& e, std::string_view n) { return e.name < n; });
+  auto it =
+      std::lower_bound(header_.tensors.begin(), header_.tensors.end(), name,
+                       [](const SafetensorsEntry& e, std::string_view n) { return e.name < n; });
   return it != header_.tensors.end() && it->name == name ? &*it : nullptr;
 }
 
 Tensor SafetensorsFile::Load(const SafetensorsEntry& entry) const {
-  ByteSpan bytes = file_->bytes().subspan(header_.data_start + entry.begin, entry.end - entry.begin);
+  ByteSpan bytes =
+      file_->bytes().subspan(header_.data_start + entry.begin, entry.end - entry.begin);
   auto address = reinterpret_cast<uintptr_t>(bytes.data());
-  if (address % DTypeSize(entry.dtype) == 0) return Tensor::View(entry.dtype, entry.shape, bytes.data());
+  if (address % DTypeSize(entry.dtype) == 0)
+    return Tensor::View(entry.dtype, entry.shape, bytes.data());
   return Tensor::Copy(entry.dtype, entry.shape, bytes);
 }
 
@@ -224,7 +228,8 @@ StatusOr<Bytes> SerializeSafetensors(std::span<const NamedTensor> tensors,
   for (size_t i = 0; i < sorted.size(); ++i) {
     const NamedTensor& t = *sorted[i];
     if (t.name.empty() || t.name == "__metadata__" || (i > 0 && t.name == sorted[i - 1]->name)) {
-      return InvalidArgumentError("safetensors: empty, reserved or duplicate name '" + t.name + "'");
+      return InvalidArgumentError("safetensors: empty, reserved or duplicate name '" + t.name +
+                                  "'");
     }
     json::array shape;
     for (int64_t d : t.tensor->shape()) shape.push_back(d);

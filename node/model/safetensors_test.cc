@@ -2,10 +2,10 @@
 // parser must reject with a message naming the file and tensor.
 #include "node/model/safetensors.h"
 
+#include <cstring>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
-
-#include <cstring>
 
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
@@ -29,10 +29,10 @@ Bytes MakeFile(const std::string& header, size_t data_bytes) {
 class SafetensorsTest : public ::testing::Test {};
 
 TEST_F(SafetensorsTest, ParsesHandWrittenFile) {
-  Bytes file = MakeFile(
-      R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
-      R"("a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},"__metadata__":{"k":"v"}})",
-      12);
+  Bytes file =
+      MakeFile(R"({"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},)"
+               R"("a":{"dtype":"BF16","shape":[2],"data_offsets":[0,4]},"__metadata__":{"k":"v"}})",
+               12);
   ASSERT_OK_AND_ASSIGN(SafetensorsHeader h, ParseSafetensors(file, "f.safetensors"));
   ASSERT_EQ(h.tensors.size(), 2u);
   EXPECT_EQ(h.tensors[0].name, "a");  // sorted by name
@@ -162,8 +162,8 @@ TEST_F(SafetensorsTest, OverlapHoleAndTrailingBytesAreRejected) {
 }
 
 TEST_F(SafetensorsTest, OverflowingShapeIsRejected) {
-  Bytes file = MakeFile(
-      R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4);
+  Bytes file =
+      MakeFile(R"({"a":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,4]}})", 4);
   EXPECT_THAT(ParseSafetensors(file, "f"), StatusIs(StatusCode::kInvalidArgument));
 }
 

@@ -71,7 +71,8 @@ std::vector<int64_t> PredictedBytes(SplitMix64& rng, int64_t vocab) {
   for (size_t i = order.size() - 1; i > 0; --i) std::swap(order[i], order[rng.Next() % (i + 1)]);
   std::vector<int64_t> target(static_cast<size_t>(vocab));
   for (int64_t t = 0; t < vocab; ++t) {
-    target[static_cast<size_t>(t)] = static_cast<uint8_t>(kPrintable[rng.Next() % kPrintable.size()]);
+    target[static_cast<size_t>(t)] =
+        static_cast<uint8_t>(kPrintable[rng.Next() % kPrintable.size()]);
   }
   for (size_t i = 0; i < order.size(); ++i) {
     target[static_cast<uint8_t>(order[i])] = static_cast<uint8_t>(order[(i + 1) % order.size()]);
@@ -165,7 +166,8 @@ Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
   };
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i) + ".";
-    tensors[p + "input_layernorm.weight"] = ToTensor(std::vector<float>(size_t(h), 1.0f), {h}, c.dtype);
+    tensors[p + "input_layernorm.weight"] =
+        ToTensor(std::vector<float>(size_t(h), 1.0f), {h}, c.dtype);
     tensors[p + "post_attention_layernorm.weight"] =
         ToTensor(std::vector<float>(size_t(h), 1.0f), {h}, c.dtype);
     tensors[p + "self_attn.q_proj.weight"] = linear(q, h, 1.0f);

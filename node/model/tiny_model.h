@@ -1,13 +1,14 @@
 // Tiny LLaMA models with seeded weights: the embedded default of the demo and the tests
 // (`fieldprint model mk-tiny DIR [--seed N]`).
 //
-// The weights are random but built so greedy decoding is stable: the LM head row of token c is a
-// scaled sum of the embeddings of the input tokens that "predict" c (a seeded map from every
-// token to a printable byte), and embeddings in a space wider than the vocabulary's printable
-// set are nearly orthogonal, so the top logit stands well clear of the second. The layers still
-// move the hidden state, so outputs depend on context and the digests on every layer.
-// Randomness is SplitMix64 with uniform draws (no libm), so a seed gives the same bytes on every
-// machine.
+// The weights are random but built so greedy decoding is stable: embeddings are sign-flipped
+// Hadamard rows (exactly orthogonal), and the LM head row of each printable byte is a scaled sum
+// of the embeddings of the tokens that "predict" it (the printable bytes follow one seeded cycle;
+// every other token predicts a seeded printable byte), so the top logit stands well clear of the
+// second (about 3.7 at the narrowest over 160 greedy steps, tested). The layers still move the
+// hidden state, so outputs depend on context and the digests on every layer. Randomness is
+// SplitMix64 with uniform draws and only correctly rounded arithmetic (no transcendental libm
+// calls), so a seed gives the same bytes on every machine.
 //
 // Thread-safety: pure functions (apart from writing the folder).
 #pragma once

@@ -1,61 +1,138 @@
 // Byte-level and SentencePiece tokenizers; see tokenizer.h.
 #include "node/tokenizer/tokenizer.h"
 
-#include <sentencepiece_processor.h>
-
-#include <boost/json.hpp>
 #include <charconv>
+#include <cstdlib>
 #include <filesystem>
 
+#include <boost/json.hpp>
+#include <dlfcn.h>
+
 #include "node/model/mapped_file.h"
+#include "node/tokenizer/internal/sentencepiece_shim.h"
 
 namespace fp::node {
 namespace json = boost::json;
 namespace {
 
 constexpr int32_t kBytes = 256;
+constexpr size_t kErrorBytes = 512;
+
+// The shim (internal/sentencepiece_shim.h), loaded once per process and never unloaded.
+struct SentencePieceLibrary {
+  FpSpmLoadFn load = nullptr;
+  FpSpmFreeFn free = nullptr;
+  FpSpmIntFn piece_size = nullptr;
+  FpSpmIntFn bos_id = nullptr;
+  FpSpmIntFn eos_id = nullptr;
+  FpSpmEncodeFn encode = nullptr;
+  FpSpmDecodeFn decode = nullptr;
+};
+
+// Where the shim may be: $FP_SENTENCEPIECE_SHIM, beside the running executable (an installed
+// fieldprint), then the build tree (tests).
+std::vector<std::string> ShimCandidates() {
+  std::vector<std::string> paths;
+  if (const char* env = std::getenv("FP_SENTENCEPIECE_SHIM")) paths.push_back(env);
+  std::error_code ec;
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (!ec) paths.push_back((exe.parent_path() / internal::kSentencePieceShimFile).string());
+  paths.push_back(FP_SENTENCEPIECE_SHIM_BUILD_PATH);
+  return paths;
+}
+
+StatusOr<SentencePieceLibrary> OpenShim() {
+  std::string tried;
+  for (const std::string& path : ShimCandidates()) {
+    // RTLD_DEEPBIND: sentencepiece resolves against its own bundled protobuf first;
+    // RTLD_LOCAL: none of its symbols become visible to the rest of the process.
+    void* handle = ::dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND);
+    if (handle == nullptr) {
+      tried += " " + path + " (" + ::dlerror() + ");";
+      continue;
+    }
+    SentencePieceLibrary lib;
+    auto sym = [&](const char* name) { return ::dlsym(handle, name); };
+    lib.load = reinterpret_cast<FpSpmLoadFn>(sym(internal::kSpmLoad));
+    lib.free = reinterpret_cast<FpSpmFreeFn>(sym(internal::kSpmFree));
+    lib.piece_size = reinterpret_cast<FpSpmIntFn>(sym(internal::kSpmPieceSize));
+    lib.bos_id = reinterpret_cast<FpSpmIntFn>(sym(internal::kSpmBosId));
+    lib.eos_id = reinterpret_cast<FpSpmIntFn>(sym(internal::kSpmEosId));
+    lib.encode = reinterpret_cast<FpSpmEncodeFn>(sym(internal::kSpmEncode));
+    lib.decode = reinterpret_cast<FpSpmDecodeFn>(sym(internal::kSpmDecode));
+    if (!lib.load || !lib.free || !lib.piece_size || !lib.bos_id || !lib.eos_id || !lib.encode ||
+        !lib.decode) {
+      return InternalError(path + " lacks the fp_spm_* symbols");
+    }
+    return lib;
+  }
+  return UnavailableError(std::string("cannot load ") + internal::kSentencePieceShimFile +
+                          " (set FP_SENTENCEPIECE_SHIM or install it beside fieldprint):" + tried);
+}
+
+StatusOr<const SentencePieceLibrary*> Shim() {
+  static const StatusOr<SentencePieceLibrary> library = OpenShim();
+  if (!library.ok()) return library.status();
+  return &*library;
+}
 
 class SentencePieceTokenizer : public Tokenizer {
  public:
-  explicit SentencePieceTokenizer(std::unique_ptr<sentencepiece::SentencePieceProcessor> sp)
-      : sp_(std::move(sp)) {}
+  SentencePieceTokenizer(const SentencePieceLibrary* lib, void* processor)
+      : lib_(lib), processor_(processor) {}
+  ~SentencePieceTokenizer() override { lib_->free(processor_); }
+  SentencePieceTokenizer(const SentencePieceTokenizer&) = delete;
+  SentencePieceTokenizer& operator=(const SentencePieceTokenizer&) = delete;
 
   StatusOr<std::vector<int32_t>> Encode(std::string_view text, bool add_bos) const override {
     if (text.size() > kMaxPromptBytes) return InvalidArgumentError("prompt is too long");
-    std::vector<int> ids;
-    auto status = sp_->Encode(absl::string_view(text.data(), text.size()), &ids);
-    if (!status.ok()) return InvalidArgumentError("sentencepiece encode: " + status.ToString());
-    std::vector<int32_t> out;
-    if (add_bos && bos_id()) out.push_back(*bos_id());
-    out.insert(out.end(), ids.begin(), ids.end());
-    return out;
+    std::vector<int32_t> ids(text.size() + 2);
+    char error[kErrorBytes];
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      int64_t n = lib_->encode(processor_, text.data(), text.size(), ids.data(), ids.size(), error,
+                               sizeof(error));
+      if (n < 0) return InvalidArgumentError(std::string("sentencepiece encode: ") + error);
+      bool fits = static_cast<size_t>(n) <= ids.size();
+      ids.resize(static_cast<size_t>(n));
+      if (!fits) continue;  // the second call has room for every id
+      if (add_bos && bos_id()) ids.insert(ids.begin(), *bos_id());
+      return ids;
+    }
+    return InternalError("sentencepiece encode: id count changed between calls");
   }
 
   StatusOr<std::string> Decode(std::span<const int32_t> ids) const override {
-    std::vector<int> list;
     for (int32_t id : ids) {
       if (id < 0 || id >= vocab_size()) {
-        return InvalidArgumentError("token id " + std::to_string(id) + " is outside the vocabulary");
+        return InvalidArgumentError("token id " + std::to_string(id) +
+                                    " is outside the vocabulary");
       }
-      list.push_back(id);
     }
-    std::string text;
-    auto status = sp_->Decode(list, &text);
-    if (!status.ok()) return InvalidArgumentError("sentencepiece decode: " + status.ToString());
-    return text;
+    std::string text(ids.size() * 8 + 16, '\0');
+    char error[kErrorBytes];
+    for (int attempt = 0; attempt < 2; ++attempt) {
+      int64_t n = lib_->decode(processor_, ids.data(), ids.size(), text.data(), text.size(), error,
+                               sizeof(error));
+      if (n < 0) return InvalidArgumentError(std::string("sentencepiece decode: ") + error);
+      bool fits = static_cast<size_t>(n) <= text.size();
+      text.resize(static_cast<size_t>(n));
+      if (fits) return text;
+    }
+    return InternalError("sentencepiece decode: text size changed between calls");
   }
 
-  int32_t vocab_size() const override { return sp_->GetPieceSize(); }
-  std::optional<int32_t> bos_id() const override { return Optional(sp_->bos_id()); }
-  std::optional<int32_t> eos_id() const override { return Optional(sp_->eos_id()); }
+  int32_t vocab_size() const override { return lib_->piece_size(processor_); }
+  std::optional<int32_t> bos_id() const override { return Optional(lib_->bos_id(processor_)); }
+  std::optional<int32_t> eos_id() const override { return Optional(lib_->eos_id(processor_)); }
 
  private:
   // SentencePiece reports a disabled special id as -1.
-  static std::optional<int32_t> Optional(int id) {
+  static std::optional<int32_t> Optional(int32_t id) {
     return id >= 0 ? std::optional<int32_t>(id) : std::nullopt;
   }
 
-  std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  const SentencePieceLibrary* lib_;  // process-lifetime
+  void* processor_;                  // owned, freed through lib_->free
 };
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadByteTokenizer(const std::string& path) {
@@ -79,9 +156,8 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadByteTokenizer(const std::string& path) 
     return InvalidArgumentError(path + ": needs vocab_size > 256 and distinct bos_token_id, " +
                                 "eos_token_id in [256, vocab_size)");
   }
-  return std::unique_ptr<Tokenizer>(new ByteTokenizer(static_cast<int32_t>(vocab),
-                                                      static_cast<int32_t>(bos),
-                                                      static_cast<int32_t>(eos)));
+  return std::unique_ptr<Tokenizer>(new ByteTokenizer(
+      static_cast<int32_t>(vocab), static_cast<int32_t>(bos), static_cast<int32_t>(eos)));
 }
 
 }  // namespace
@@ -122,10 +198,11 @@ std::string ByteTokenizer::ToJson() const {
 }
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path) {
-  auto sp = std::make_unique<sentencepiece::SentencePieceProcessor>();
-  auto status = sp->Load(path);
-  if (!status.ok()) return InvalidArgumentError(path + ": " + status.ToString());
-  return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(std::move(sp)));
+  FP_ASSIGN_OR_RETURN(const SentencePieceLibrary* lib, Shim());
+  char error[kErrorBytes] = "";
+  void* processor = lib->load(path.c_str(), error, sizeof(error));
+  if (processor == nullptr) return InvalidArgumentError(path + ": " + error);
+  return std::unique_ptr<Tokenizer>(new SentencePieceTokenizer(lib, processor));
 }
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir,
@@ -142,10 +219,9 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir,
                          " (prompts must be given as token ids)");
   }
   if (tokenizer->vocab_size() > model_vocab_size) {
-    return InvalidArgumentError(model_dir + ": tokenizer has " +
-                                std::to_string(tokenizer->vocab_size()) +
-                                " ids but the model's vocab_size is " +
-                                std::to_string(model_vocab_size));
+    return InvalidArgumentError(
+        model_dir + ": tokenizer has " + std::to_string(tokenizer->vocab_size()) +
+        " ids but the model's vocab_size is " + std::to_string(model_vocab_size));
   }
   return tokenizer;
 }
@@ -155,7 +231,8 @@ StatusOr<std::vector<int32_t>> ParseTokenIds(std::string_view text, int32_t voca
   size_t pos = 0;
   while (pos <= text.size()) {
     size_t comma = text.find(',', pos);
-    std::string_view item = text.substr(pos, comma == std::string_view::npos ? text.npos : comma - pos);
+    std::string_view item =
+        text.substr(pos, comma == std::string_view::npos ? text.npos : comma - pos);
     while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
     while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
     int32_t id = -1;

@@ -2,8 +2,9 @@
 //
 //   - ByteTokenizer: one id per byte (0..255) plus special ids (BOS, EOS) above them; the tiny
 //     models of `fieldprint model mk-tiny` use it (declared in DIR/fieldprint_tokenizer.json).
-//   - SentencePieceTokenizer: DIR/tokenizer.model through libsentencepiece, for LLaMA-2-style
-//     models.
+//   - SentencePiece: DIR/tokenizer.model through libsentencepiece, for LLaMA-2-style models. It
+//     is reached through a dlopen'ed shim (internal/sentencepiece_shim.h explains why), so a
+//     missing shim is an Unavailable error at load time, not a link failure.
 // Raw token ids are always accepted instead of text (ParseTokenIds), so a model without any
 // tokenizer file still serves sessions whose prompts arrive as ids.
 //
@@ -70,7 +71,8 @@ class ByteTokenizer : public Tokenizer {
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::string& model_dir,
                                                    int32_t model_vocab_size);
 
-// Loads a SentencePiece model file. InvalidArgument if libsentencepiece rejects it. Caller owns.
+// Loads a SentencePiece model file. InvalidArgument if libsentencepiece rejects it; Unavailable
+// if the shim libfp_sentencepiece.so cannot be loaded. The caller owns the result.
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::string& path);
 
 // Parses "1,2,3" (commas, optional spaces). InvalidArgument for an empty list, a malformed

@@ -2,12 +2,12 @@
 // with libsentencepiece's trainer, raw id parsing, and the folder lookup.
 #include "node/tokenizer/tokenizer.h"
 
+#include <filesystem>
+#include <fstream>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 #include <sentencepiece_trainer.h>
-
-#include <filesystem>
-#include <fstream>
 
 #include "node/model/mapped_file.h"
 #include "tests/testutil/status_matchers.h"

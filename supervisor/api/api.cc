@@ -648,6 +648,10 @@ HttpReply Api::Ready() const {
   }
   const uint64_t end = context_.log->End();
   const uint64_t applied = context_.applied();
+  if (applied < context_.recovery_position) {
+    return TextReply(503, fmt::format("recovering: applied {} of {} records\n", applied,
+                                      context_.recovery_position));
+  }
   if (end > applied + context_.max_ready_lag) {
     return TextReply(503, fmt::format("applier is {} records behind\n", end - applied));
   }

@@ -116,7 +116,9 @@ struct ApiContext {
   // Borrowed: the applied position (the applier's) and whether the process is draining.
   std::function<uint64_t()> applied;
   const std::atomic<bool>* draining = nullptr;
-  // /readyz fails while the applier is more than this many records behind the log.
+  // /readyz fails until the applier has reached this position (the log's end when the process
+  // started: recovery is done), and while it is more than max_ready_lag records behind the log.
+  uint64_t recovery_position = 0;
   uint64_t max_ready_lag = 100'000;
 };
 

@@ -27,7 +27,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
  public:
   HttpSession(tcp::socket socket, const Api& api, Log& log, const HttpServerOptions& options,
               const HttpMetrics& metrics, const std::atomic<bool>* draining,
-              std::shared_ptr<std::atomic<size_t>> open)
+              std::shared_ptr<std::atomic<size_t>> open,
+              std::shared_ptr<HttpSessionRegistry> registry)
       : stream_(std::move(socket)),
         timer_(stream_.get_executor()),
         api_(api),
@@ -35,10 +36,27 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         options_(options),
         metrics_(metrics),
         draining_(draining),
-        open_(std::move(open)) {}
-  ~HttpSession() { --*open_; }
+        open_(std::move(open)),
+        registry_(std::move(registry)) {}
+  ~HttpSession() {
+    {
+      std::lock_guard lock(registry_->mutex);
+      registry_->closers.erase(id_);
+    }
+    --*open_;
+  }
 
   void Start() {
+    std::weak_ptr<HttpSession> weak = shared_from_this();
+    {
+      std::lock_guard lock(registry_->mutex);
+      id_ = registry_->next_id++;
+      registry_->closers[id_] = [weak] {
+        if (auto self = weak.lock()) {
+          asio::post(self->stream_.get_executor(), [self] { self->CloseIfIdle(); });
+        }
+      };
+    }
     asio::dispatch(stream_.get_executor(),
                    beast::bind_front_handler(&HttpSession::DoRead, shared_from_this()));
   }
@@ -46,8 +64,17 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
  private:
   bool Draining() const { return draining_ != nullptr && draining_->load(); }
 
+  // Drain: a connection waiting for its next request is closed; a busy one finishes.
+  void CloseIfIdle() {
+    if (!idle_) return;
+    beast::error_code ignored;
+    stream_.socket().shutdown(tcp::socket::shutdown_both, ignored);
+    stream_.socket().close(ignored);
+  }
+
   void DoRead() {
     if (requests_ >= kMaxRequestsPerHttpConnection || Draining()) return DoClose();
+    idle_ = buffer_.size() == 0;
     parser_.emplace();
     parser_->body_limit(kMaxRequestBodyBytes);
     parser_->header_limit(kMaxRequestHeaderBytes);
@@ -57,12 +84,16 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   }
 
   void OnRead(beast::error_code error, size_t) {
+    idle_ = false;
     if (error == http::error::end_of_stream) return DoClose();
     if (error == http::error::body_limit || error == http::error::header_limit ||
         error == http::error::buffer_overflow) {
       keep_alive_ = false;
       version_ = 11;
-      return WriteReply(Api::ErrorReply(ResourceExhaustedError("request too large")));
+      HttpReply reply = Api::ErrorReply(ResourceExhaustedError(
+          error == http::error::body_limit ? "request body too large" : "request header too large"));
+      reply.status = error == http::error::body_limit ? 413 : 431;
+      return WriteReply(reply);
     }
     if (error) return;  // timeout or reset: the socket closes with this session
     ++requests_;
@@ -207,6 +238,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
   const HttpMetrics& metrics_;        // borrowed likewise
   const std::atomic<bool>* draining_;
   std::shared_ptr<std::atomic<size_t>> open_;
+  std::shared_ptr<HttpSessionRegistry> registry_;
+  uint64_t id_ = 0;
+  bool idle_ = false;  // waiting for a request's first byte
   const prometheus::Histogram::BucketBoundaries latency_buckets_ =
       metrics::Buckets(metrics::kLatencyBucketsRequestSeconds);
 
@@ -249,7 +283,8 @@ HttpServer::HttpServer(asio::io_context& io, const Api& api, Log& log,
       metrics_(metrics),
       draining_(draining),
       acceptor_(asio::make_strand(io)),
-      open_(std::make_shared<std::atomic<size_t>>(0)) {}
+      open_(std::make_shared<std::atomic<size_t>>(0)),
+      registry_(std::make_shared<HttpSessionRegistry>()) {}
 
 StatusOr<std::shared_ptr<HttpServer>> HttpServer::Start(asio::io_context& io, const Api& api,
                                                         Log& log,
@@ -287,7 +322,7 @@ void HttpServer::DoAccept() {
             ++*self->open_;
             std::make_shared<HttpSession>(std::move(socket), self->api_, self->log_,
                                           self->options_, self->metrics_, self->draining_,
-                                          self->open_)
+                                          self->open_, self->registry_)
                 ->Start();
           }
         }
@@ -300,6 +335,12 @@ void HttpServer::Stop() {
     beast::error_code ignored;
     self->acceptor_.close(ignored);
   });
+  std::vector<std::function<void()>> closers;
+  {
+    std::lock_guard lock(registry_->mutex);
+    for (auto& [id, closer] : registry_->closers) closers.push_back(closer);
+  }
+  for (auto& closer : closers) closer();
 }
 
 }  // namespace fp::supervisor

@@ -15,7 +15,10 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <boost/asio/io_context.hpp>
@@ -33,6 +36,13 @@ inline constexpr size_t kMaxHttpConnections = 1024;
 inline constexpr size_t kMaxRequestsPerHttpConnection = 100'000;
 inline constexpr std::chrono::milliseconds kFollowPollInterval{20};
 inline constexpr std::chrono::seconds kMaxFollowDuration{900};
+
+// Open sessions' close-if-idle callbacks, so that a drain can end idle keep-alive connections.
+struct HttpSessionRegistry {
+  std::mutex mutex;
+  std::map<uint64_t, std::function<void()>> closers;  // guarded by mutex
+  uint64_t next_id = 0;                                // guarded by mutex
+};
 
 // Metrics the server records; any pointer may be null.
 struct HttpMetrics {
@@ -60,7 +70,8 @@ class HttpServer : public std::enable_shared_from_this<HttpServer> {
   HttpServer& operator=(const HttpServer&) = delete;
 
   uint16_t port() const { return port_; }
-  // Stops accepting; open sessions finish their current request. Safe from any thread.
+  // Stops accepting and closes idle keep-alive connections; busy sessions finish their current
+  // request (follows end early once `draining` is set). Safe from any thread.
   void Stop();
   size_t open_connections() const { return open_->load(); }
 
@@ -79,6 +90,7 @@ class HttpServer : public std::enable_shared_from_this<HttpServer> {
   boost::asio::ip::tcp::acceptor acceptor_;
   uint16_t port_ = 0;
   std::shared_ptr<std::atomic<size_t>> open_;
+  std::shared_ptr<HttpSessionRegistry> registry_;
 };
 
 // The proof route a request target names ("step", "session", "consistency", "bundle",

@@ -114,8 +114,8 @@ StatusOr<size_t> CheckpointSigner::SignPending() {
     if (recomputed != root) {
       return DataLossError(fmt::format("checkpoint {} root differs from the stored ledger", body.size()));
     }
-    // ... and it must extend the previous signed checkpoint.
-    if (previous.has_value()) {
+    // ... and it must extend the previous signed checkpoint (every tree extends the empty one).
+    if (previous.has_value() && previous->checkpoint.size > 0) {
       const tlog::Checkpoint& before = previous->checkpoint;
       FP_ASSIGN_OR_RETURN(std::vector<Hash> proof,
                           merkle::ConsistencyProof(nodes, before.size, body.size()));

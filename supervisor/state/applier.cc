@@ -19,8 +19,6 @@
 namespace fp::supervisor {
 namespace {
 
-constexpr std::string_view kMetaCheckpoint = "checkpoint";
-
 std::string ReplicaRef(const std::string& session, uint32_t replica) {
   return ReplicaKey(session, replica);
 }
@@ -111,7 +109,31 @@ class Applier::Run {
   std::set<std::string> dirty_sessions_;
   std::set<std::string> dirty_workers_;
   std::set<std::string> progressed_;
+  std::map<std::string, pb::SessionPhase> original_phases_;  // as first read in this Run
 };
+
+namespace {
+
+void AddPhase(pb::PhaseCounts& counts, pb::SessionPhase phase, int64_t delta) {
+  switch (phase) {
+    case pb::SESSION_PHASE_WAITING:
+      counts.set_waiting(counts.waiting() + delta);
+      break;
+    case pb::SESSION_PHASE_RUNNING:
+      counts.set_running(counts.running() + delta);
+      break;
+    case pb::SESSION_PHASE_VERIFIED:
+      counts.set_verified(counts.verified() + delta);
+      break;
+    case pb::SESSION_PHASE_FAILED:
+      counts.set_failed(counts.failed() + delta);
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace
 
 void Applier::Run::Reject(std::string reason) {
   ++effects_.rejected;
@@ -125,6 +147,7 @@ StatusOr<pb::SessionState*> Applier::Run::Session(const std::string& id) {
   if (it == sessions_.end()) {
     FP_ASSIGN_OR_RETURN(std::optional<pb::SessionState> stored,
                         txn_.GetMessage<pb::SessionState>(kSessions, id));
+    original_phases_[id] = stored.has_value() ? stored->phase() : pb::SESSION_PHASE_UNSPECIFIED;
     it = sessions_.emplace(id, std::move(stored)).first;
   }
   return it->second.has_value() ? &*it->second : nullptr;
@@ -705,8 +728,11 @@ Status Applier::Run::ApplyCheckpointRequest() {
 }
 
 Status Applier::Run::Commit(uint64_t applied) {
+  pb::PhaseCounts phases = applier_->phases();
   for (const std::string& id : dirty_sessions_) {
     const pb::SessionState& session = *sessions_[id];
+    AddPhase(phases, original_phases_[id], -1);
+    AddPhase(phases, session.phase(), +1);
     txn_.PutMessage(kSessions, id, session);
     if (session.phase() == pb::SESSION_PHASE_WAITING) {
       txn_.Put(kWaiting, id, "");
@@ -719,6 +745,7 @@ Status Applier::Run::Commit(uint64_t applied) {
   frontier.set_size(ledger_.size());
   FrontierToBytes(ledger_, frontier.mutable_peaks());
   txn_.PutMessage(kMeta, kMetaLedger, frontier);
+  txn_.PutMessage(kMeta, kMetaPhases, phases);
   txn_.Put(kMeta, kMetaClock, U64Key(clock_ms_));
   txn_.Put(kMeta, kMetaApplied, U64Key(applied));
   FP_RETURN_IF_ERROR(txn_.Commit());
@@ -727,6 +754,11 @@ Status Applier::Run::Commit(uint64_t applied) {
   applier_->ledger_ = ledger_;
   applier_->last_checkpoint_size_ = last_checkpoint_size_;
   applier_->has_checkpoint_ = has_checkpoint_;
+  {
+    std::lock_guard lock(applier_->mutex_);
+    applier_->phases_ = phases;
+    applier_->ledger_size_ = ledger_.size();
+  }
   applier_->applied_.store(applied, std::memory_order_release);
   return OkStatus();
 }
@@ -735,6 +767,16 @@ Applier::Applier(RocksStore* state, const ApplierOptions& options)
     : state_(state), options_(options) {}
 
 Applier::~Applier() = default;
+
+pb::PhaseCounts Applier::phases() const {
+  std::lock_guard lock(mutex_);
+  return phases_;
+}
+
+uint64_t Applier::ledger_size() const {
+  std::lock_guard lock(mutex_);
+  return ledger_size_;
+}
 
 StatusOr<AppliedMeta> ReadAppliedMeta(const StateReader& reader) {
   AppliedMeta meta;
@@ -755,6 +797,9 @@ StatusOr<AppliedMeta> ReadAppliedMeta(const StateReader& reader) {
     FP_ASSIGN_OR_RETURN(uint64_t size, ParseU64(*checkpoint));
     meta.last_checkpoint_size = size;
   }
+  FP_ASSIGN_OR_RETURN(std::optional<pb::PhaseCounts> phases,
+                      reader.GetMessage<pb::PhaseCounts>(kMeta, kMetaPhases));
+  if (phases.has_value()) meta.phases = *phases;
   return meta;
 }
 
@@ -770,6 +815,8 @@ StatusOr<std::unique_ptr<Applier>> Applier::Open(RocksStore* state,
                       FrontierFromBytes(meta.ledger.size(), meta.ledger.peaks()));
   applier->has_checkpoint_ = meta.last_checkpoint_size.has_value();
   applier->last_checkpoint_size_ = meta.last_checkpoint_size.value_or(0);
+  applier->phases_ = meta.phases;
+  applier->ledger_size_ = meta.ledger.size();
   return applier;
 }
 

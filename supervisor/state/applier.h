@@ -21,6 +21,7 @@
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -73,7 +74,9 @@ class Applier {
   // The next position to apply.
   uint64_t applied() const { return applied_.load(std::memory_order_acquire); }
   uint64_t clock_ms() const { return clock_ms_; }  // applier thread only
-  uint64_t ledger_size() const { return ledger_.size(); }  // applier thread only
+  // Entries in the ledger and sessions per phase, as of the last Apply; any thread.
+  uint64_t ledger_size() const;
+  pb::PhaseCounts phases() const;
 
  private:
   class Run;
@@ -86,6 +89,9 @@ class Applier {
   merkle::Frontier ledger_;
   uint64_t last_checkpoint_size_ = 0;
   bool has_checkpoint_ = false;
+  mutable std::mutex mutex_;
+  pb::PhaseCounts phases_;    // guarded by mutex_
+  uint64_t ledger_size_ = 0;  // guarded by mutex_
 };
 
 // Reads the applier's bookkeeping from a state store (for tools such as fsck and tests).
@@ -94,6 +100,7 @@ struct AppliedMeta {
   uint64_t clock_ms = 0;
   pb::LedgerFrontier ledger;
   std::optional<uint64_t> last_checkpoint_size;
+  pb::PhaseCounts phases;
 };
 StatusOr<AppliedMeta> ReadAppliedMeta(const StateReader& reader);
 

@@ -17,6 +17,7 @@ const std::vector<std::string>& StateFamilyNames() {
 StatusOr<std::unique_ptr<RocksStore>> OpenStateStore(const std::string& path) {
   RocksStore::Options options;
   options.sync_writes = false;
+  options.without_wal = true;
   return RocksStore::Open(path, StateFamilyNames(), options);
 }
 

@@ -4,6 +4,8 @@
 //   meta         "applied"           -> next log position to apply (BE64)
 //                "clock"             -> leader clock, unix ms (BE64)
 //                "ledger"            -> LedgerFrontier
+//                "checkpoint"        -> size of the last checkpoint body (BE64)
+//                "phases"            -> PhaseCounts
 //   sessions     session (16)        -> SessionState
 //   leaves       session replica(BE32) step(BE64)         -> leaf hash (32) token (BE32) digest (32)
 //   trees        session replica(BE32) level(1) index(BE64) -> node hash (32), levels >= 1
@@ -60,14 +62,18 @@ enum Family : size_t {
 // Column family names, indexed by Family.
 const std::vector<std::string>& StateFamilyNames();
 
-// Opens (or creates) the state database in `path`. Writes are not synced: the log is durable and
-// the applier re-applies whatever a crash lost, because the applied position is written in the
-// same batch as the state. The caller owns the store.
+// Opens (or creates) the state database in `path`. Writes skip the WAL and column families flush
+// atomically: after a crash the state is exactly what some applied prefix of the log left (the
+// applied position is written in the same batch as the state), and the applier re-applies the
+// rest from the durable log. Signed checkpoints are the exception: CheckpointSigner writes them
+// through the WAL, synced. The caller owns the store.
 StatusOr<std::unique_ptr<RocksStore>> OpenStateStore(const std::string& path);
 
 inline constexpr std::string_view kMetaApplied = "applied";
 inline constexpr std::string_view kMetaClock = "clock";
 inline constexpr std::string_view kMetaLedger = "ledger";
+inline constexpr std::string_view kMetaCheckpoint = "checkpoint";
+inline constexpr std::string_view kMetaPhases = "phases";
 
 // Size of a stored leaf value: leaf hash, token id, state digest.
 inline constexpr size_t kLeafValueSize = kHashSize + 4 + kHashSize;

@@ -3,32 +3,43 @@
 
 namespace fp::supervisor {
 
-StateTxn::StateTxn(RocksStore* store)
-    : store_(store), batch_(rocksdb::BytewiseComparator(), 0, /*overwrite_key=*/true) {}
+StateTxn::StateTxn(RocksStore* store) : store_(store) {
+  overlay_.reserve(kOverlayReserve);
+}
+
+std::string StateTxn::OverlayKey(Family family, std::string_view key) {
+  std::string overlay_key;
+  overlay_key.reserve(key.size() + 1);
+  overlay_key.push_back(static_cast<char>(family));
+  overlay_key.append(key);
+  return overlay_key;
+}
 
 StatusOr<std::optional<std::string>> StateTxn::Get(Family family, std::string_view key) const {
-  std::string value;
-  // GetFromBatchAndDB is not const in RocksDB's API, although it does not change the batch.
-  auto* batch = const_cast<rocksdb::WriteBatchWithIndex*>(&batch_);
-  rocksdb::Status status = batch->GetFromBatchAndDB(store_->db(), rocksdb::ReadOptions(),
-                                                    store_->handle(family), ToSlice(key), &value);
-  if (status.IsNotFound()) return std::optional<std::string>();
-  FP_RETURN_IF_ERROR(FromRocks(status, "get"));
-  return std::optional<std::string>(std::move(value));
+  auto it = overlay_.find(OverlayKey(family, key));
+  if (it != overlay_.end()) return it->second;
+  return store_->Get(family, key);
 }
 
 void StateTxn::Put(Family family, std::string_view key, std::string_view value) {
-  FP_CHECK(batch_.Put(store_->handle(family), ToSlice(key), ToSlice(value)).ok());
+  overlay_.insert_or_assign(OverlayKey(family, key), std::string(value));
 }
 
 void StateTxn::Delete(Family family, std::string_view key) {
-  FP_CHECK(batch_.Delete(store_->handle(family), ToSlice(key)).ok());
+  overlay_.insert_or_assign(OverlayKey(family, key), std::nullopt);
 }
 
 Status StateTxn::Commit() {
-  Status status = store_->Write(batch_.GetWriteBatch());
-  batch_.Clear();
-  return status;
+  rocksdb::WriteBatch batch;
+  for (const auto& [overlay_key, value] : overlay_) {
+    rocksdb::ColumnFamilyHandle* handle = store_->handle(static_cast<uint8_t>(overlay_key[0]));
+    const rocksdb::Slice key(overlay_key.data() + 1, overlay_key.size() - 1);
+    const rocksdb::Status added =
+        value.has_value() ? batch.Put(handle, key, ToSlice(*value)) : batch.Delete(handle, key);
+    FP_CHECK(added.ok());
+  }
+  overlay_.clear();
+  return store_->Write(&batch);
 }
 
 }  // namespace fp::supervisor

@@ -50,6 +50,7 @@ StatusOr<std::unique_ptr<RocksStore>> RocksStore::Open(const std::string& path,
   db_options.create_missing_column_families = true;
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
+  db_options.atomic_flush = options.without_wal;
 
   std::vector<std::string> existing;
   rocksdb::Status listed = rocksdb::DB::ListColumnFamilies(db_options, path, &existing);
@@ -73,6 +74,7 @@ StatusOr<std::unique_ptr<RocksStore>> RocksStore::Open(const std::string& path,
   store->path_ = path;
   store->names_ = std::move(column_families);
   store->write_options_.sync = options.sync_writes;
+  store->write_options_.disableWAL = options.without_wal;
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* db = nullptr;
   FP_RETURN_IF_ERROR(FromRocks(rocksdb::DB::Open(db_options, path, descriptors, &handles, &db),
@@ -84,6 +86,8 @@ StatusOr<std::unique_ptr<RocksStore>> RocksStore::Open(const std::string& path,
 
 RocksStore::~RocksStore() {
   if (db_ == nullptr) return;
+  // Without a WAL, unflushed writes exist only in memory: keep them across a clean close.
+  if (write_options_.disableWAL) Flush().IgnoreError();
   for (rocksdb::ColumnFamilyHandle* handle : handles_) {
     db_->DestroyColumnFamilyHandle(handle).PermitUncheckedError();
   }

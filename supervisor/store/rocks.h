@@ -35,6 +35,10 @@ class RocksStore {
   struct Options {
     // Sync the WAL on every write: a write that returned OK survives a power loss.
     bool sync_writes = false;
+    // Write no WAL for Write(); flush all column families atomically instead, so that the data
+    // on disk after a crash is always exactly what some prefix of the writes left. For stores
+    // that can be rebuilt from elsewhere (the applied state, rebuilt from the log).
+    bool without_wal = false;
     // Bits per key of the bloom filter on point lookups; 0 disables it.
     int bloom_bits_per_key = 10;
   };

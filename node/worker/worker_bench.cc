@@ -1,0 +1,271 @@
+// The verification overhead benchmark; see worker_bench.h. Its CLI (`bench worker`) is at the
+// end of this file.
+#include "node/worker/worker_bench.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+
+#include <stdlib.h>
+
+#include "common/base/log.h"
+#include "common/cli.h"
+#include "common/leaf/state_digest.h"
+#include "common/wire/certs.h"
+#include "node/backend/cpu_backend.h"
+#include "node/model/tiny_model.h"
+#include "node/worker/loopback_supervisor.h"
+#include "node/worker/worker.h"
+#include "node/worker/worker_cli.h"
+
+namespace fp::node::worker {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+constexpr char kSupervisorName[] = "supervisor-0";
+constexpr char kWorkerName[] = "worker-bench";
+constexpr std::chrono::seconds kRunLimit{60};
+constexpr int kMaxBenchSessions = 256;
+
+// A folder under $TMPDIR, removed with its content on destruction.
+class ScratchDir {
+ public:
+  ScratchDir() {
+    std::string pattern = (std::filesystem::temp_directory_path() / "fieldprint-wbench-XXXXXX");
+    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
+  }
+  ~ScratchDir() {
+    std::error_code ignored;
+    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
+  }
+  ScratchDir(const ScratchDir&) = delete;
+  ScratchDir& operator=(const ScratchDir&) = delete;
+  const std::string& path() const { return path_; }
+  std::string Join(const std::string& name) const { return path_ + "/" + name; }
+
+ private:
+  std::string path_;
+};
+
+std::vector<int32_t> Prompt(int session, int length, int64_t vocab) {
+  std::vector<int32_t> prompt;
+  for (int i = 0; i < length; ++i) {
+    prompt.push_back(
+        static_cast<int32_t>((session * 53 + i * 29 + 3) % std::min<int64_t>(vocab, 256)));
+  }
+  return prompt;
+}
+
+SessionId BenchSessionId(int session) {
+  SessionId id{};
+  id[0] = 0xbe;
+  id[1] = static_cast<uint8_t>(session);
+  return id;
+}
+
+Status CheckOptions(const WorkerBenchOptions& o) {
+  if (o.sessions < 1 || o.sessions > kMaxBenchSessions) {
+    return InvalidArgumentError("sessions must be in [1, 256]");
+  }
+  if (o.prompt_tokens < 1 || o.max_tokens < 1 || o.repeats < 1 || o.threads < 1) {
+    return InvalidArgumentError("prompt_tokens, max_tokens, repeats and threads must be >= 1");
+  }
+  return OkStatus();
+}
+
+// The bare engine: every session submitted, Step until idle. Returns seconds.
+StatusOr<double> RunOff(const Model& model, const WorkerBenchOptions& o) {
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create({o.threads}));
+  EngineOptions options;
+  options.max_batch_sequences = std::max(32, o.sessions);
+  options.max_batch_tokens = std::max(options.max_batch_tokens, options.max_batch_sequences);
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                      Engine::Create(model, std::move(backend), nullptr, options));
+  for (int i = 0; i < o.sessions; ++i) {
+    SessionRequest request;
+    request.id = BenchSessionId(i);
+    request.prompt = Prompt(i, o.prompt_tokens, model.config().vocab_size);
+    request.max_tokens = o.max_tokens;
+    FP_RETURN_IF_ERROR(engine->Submit(request));
+  }
+  std::vector<StepOutput> outputs;
+  const Clock::time_point start = Clock::now();
+  while (engine->HasWork()) {
+    outputs.clear();
+    FP_RETURN_IF_ERROR(engine->Step(&outputs));
+  }
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+WorkerConfig OnConfig(const std::string& model_dir, const ScratchDir& scratch, uint16_t port,
+                      const WorkerBenchOptions& o, int run) {
+  WorkerConfig config;
+  config.name = kWorkerName;
+  config.certs_dir = scratch.Join("certs");
+  config.supervisors = {{kSupervisorName, "127.0.0.1", port}};
+  config.models = {{"bench", model_dir, ""}};
+  config.engine.threads = o.threads;
+  config.engine.max_batch_sequences = std::max(32, o.sessions);
+  config.max_replicas = static_cast<uint32_t>(o.sessions);
+  config.data_dir = scratch.Join("data-" + std::to_string(run));
+  config.stream.window_steps = o.window_steps;
+  config.stream.window_time = std::chrono::milliseconds(o.window_ms);
+  config.heartbeat_interval = std::chrono::milliseconds(100);
+  return config;
+}
+
+wire::pb::Assign BenchAssign(int session, const WorkerBenchOptions& o, const CatalogEntry& entry,
+                             int64_t vocab) {
+  wire::pb::Assign assign;
+  const SessionId id = BenchSessionId(session);
+  assign.set_session_id(std::string(id.begin(), id.end()));
+  assign.set_model(entry.name);
+  assign.set_numerics_profile(std::string(entry.profile_hash.begin(), entry.profile_hash.end()));
+  assign.set_anchor_set_hash(std::string(kHashSize, '\0'));
+  for (int32_t token : Prompt(session, o.prompt_tokens, vocab)) {
+    assign.add_prompt_token_ids(static_cast<uint32_t>(token));
+  }
+  assign.mutable_sampling()->set_max_tokens(static_cast<uint32_t>(o.max_tokens));
+  assign.set_digest_scope(wire::pb::DIGEST_SCOPE_HIDDEN);
+  assign.set_max_unverified_steps(o.max_unverified_steps);
+  return assign;
+}
+
+// The whole worker against a loopback supervisor. Returns seconds and the batches received.
+StatusOr<std::pair<double, int64_t>> RunOn(const std::string& model_dir, int64_t vocab,
+                                           const ScratchDir& scratch, const WorkerBenchOptions& o,
+                                           int run) {
+  LoopbackOptions loopback;
+  loopback.certs_dir = scratch.Join("certs");
+  loopback.server_name = kSupervisorName;
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<LoopbackSupervisor> supervisor,
+                      LoopbackSupervisor::Start(loopback));
+  prometheus::Registry registry;
+  FP_ASSIGN_OR_RETURN(
+      std::unique_ptr<Worker> worker,
+      Worker::Create(OnConfig(model_dir, scratch, supervisor->port(), o, run), registry));
+  FP_RETURN_IF_ERROR(worker->Start());
+  if (!supervisor->WaitUntil([&] { return worker->accepted_generation() != 0; }, kRunLimit)) {
+    return DeadlineExceededError("the worker did not connect to the loopback supervisor");
+  }
+  const CatalogEntry& entry = worker->catalog().entries[0];
+  const Clock::time_point start = Clock::now();
+  for (int i = 0; i < o.sessions; ++i) {
+    FP_RETURN_IF_ERROR(supervisor->Assign(BenchAssign(i, o, entry, vocab)));
+  }
+  const bool done = supervisor->WaitUntil(
+      [&] {
+        for (int i = 0; i < o.sessions; ++i) {
+          std::optional<LoopbackSupervisor::Replica> r = supervisor->replica(BenchSessionId(i));
+          if (!r.has_value() || !r->finished) return false;
+        }
+        return true;
+      },
+      kRunLimit);
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  worker->Stop();
+  if (!done) return DeadlineExceededError("the worker did not finish within a minute");
+  if (!supervisor->rejections().empty()) {
+    return InternalError("the loopback supervisor refused a batch: " +
+                         supervisor->rejections().front());
+  }
+  return std::make_pair(seconds, static_cast<int64_t>(supervisor->received().size()));
+}
+
+// Host seconds to digest one bf16 hidden row of `hidden` elements.
+StatusOr<double> DigestCost(int64_t hidden) {
+  constexpr int kRows = 256;
+  std::vector<uint8_t> rows(static_cast<size_t>(kRows * hidden) * 2);
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] = static_cast<uint8_t>(i * 31 + 7);
+  const Clock::time_point start = Clock::now();
+  FP_ASSIGN_OR_RETURN(std::vector<Hash> digests,
+                      leaf::RowStateDigests(DType::kBf16, DTypeMantissaBits(DType::kBf16), rows,
+                                            kRows, static_cast<size_t>(hidden)));
+  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  return seconds / static_cast<double>(digests.size());
+}
+
+}  // namespace
+
+StatusOr<WorkerBenchResult> RunWorkerBench(const WorkerBenchOptions& o) {
+  FP_RETURN_IF_ERROR(CheckOptions(o));
+  ScratchDir scratch;
+  if (scratch.path().empty()) return InternalError("cannot create a temporary directory");
+  std::string model_dir = o.model_dir;
+  if (model_dir.empty()) {
+    model_dir = scratch.Join("model");
+    FP_RETURN_IF_ERROR(WriteTinyModel(model_dir, TinyModelOptions{}));
+  }
+  wire::CertsOptions certs;
+  certs.names = {kSupervisorName, kWorkerName};
+  FP_RETURN_IF_ERROR(wire::InitCerts(scratch.Join("certs"), certs));
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(model_dir));
+  const int64_t vocab = model->config().vocab_size;
+  WorkerBenchResult result;
+  result.output_tokens = static_cast<int64_t>(o.sessions) * o.max_tokens;
+  result.hidden_size = model->config().hidden_size;
+  result.off_seconds = 1e300;
+  result.on_seconds = 1e300;
+  for (int run = 0; run < o.repeats; ++run) {
+    FP_ASSIGN_OR_RETURN(double off, RunOff(*model, o));
+    result.off_seconds = std::min(result.off_seconds, off);
+    FP_ASSIGN_OR_RETURN(auto on, RunOn(model_dir, vocab, scratch, o, run));
+    if (on.first < result.on_seconds) {
+      result.on_seconds = on.first;
+      result.batches = on.second;
+    }
+  }
+  result.off_tokens_per_second = static_cast<double>(result.output_tokens) / result.off_seconds;
+  result.on_tokens_per_second = static_cast<double>(result.output_tokens) / result.on_seconds;
+  result.overhead = 1.0 - result.on_tokens_per_second / result.off_tokens_per_second;
+  FP_ASSIGN_OR_RETURN(result.digest_seconds_per_step, DigestCost(result.hidden_size));
+  return result;
+}
+
+}  // namespace fp::node::worker
+
+namespace fp {
+
+void AddWorkerBench(CLI::App& bench) {
+  auto o = std::make_shared<node::worker::WorkerBenchOptions>();
+  CLI::App* command = bench.add_subcommand(
+      "worker", "Verification overhead: worker tokens/s with leaves streamed vs the bare engine");
+  command->add_option("--model", o->model_dir, "Model folder (default: a fresh tiny model)");
+  command->add_option("--sessions", o->sessions, "Concurrent sessions")->check(CLI::Range(1, 256));
+  command->add_option("--prompt-tokens", o->prompt_tokens, "Prompt tokens per session")
+      ->check(CLI::Range(1, 4096));
+  command->add_option("--max-tokens", o->max_tokens, "Output tokens per session")
+      ->check(CLI::Range(1, 4096));
+  command->add_option("--threads", o->threads, "CPU threads")->check(CLI::Range(1, 256));
+  command->add_option("--window-steps", o->window_steps, "W")->check(CLI::Range(1, 4096));
+  command->add_option("--window-ms", o->window_ms, "T")->check(CLI::Range(0, 60'000));
+  command->add_option("--max-unverified", o->max_unverified_steps, "Backpressure window")
+      ->check(CLI::Range(1, 1 << 20));
+  command->add_option("--repeats", o->repeats, "Runs of each; the best counts")
+      ->check(CLI::Range(1, 20));
+  SetAction(command, [o]() -> Status {
+    InitLogging(LogLevel::kWarn, LogFormat::kText);
+    FP_ASSIGN_OR_RETURN(node::worker::WorkerBenchResult r, node::worker::RunWorkerBench(*o));
+    std::fprintf(stderr, "%-14s %-10s %-14s\n", "verification", "seconds", "out tokens/s");
+    std::fprintf(stderr, "%-14s %-10.3f %-14.1f\n", "off", r.off_seconds, r.off_tokens_per_second);
+    std::fprintf(stderr, "%-14s %-10.3f %-14.1f\n", "on", r.on_seconds, r.on_tokens_per_second);
+    std::fprintf(stderr, "overhead %.1f%%, %lld batches, digest %.2f us/step (hidden %lld)\n",
+                 100.0 * r.overhead, static_cast<long long>(r.batches),
+                 1e6 * r.digest_seconds_per_step, static_cast<long long>(r.hidden_size));
+    std::printf(
+        "{\"bench\":\"worker\",\"backend\":\"cpu\",\"sessions\":%d,\"prompt_tokens\":%d,"
+        "\"max_tokens\":%d,\"threads\":%d,\"window_steps\":%u,\"window_ms\":%lld,"
+        "\"output_tokens\":%lld,\"off\":{\"seconds\":%.4f,\"output_tokens_per_second\":%.1f},"
+        "\"on\":{\"seconds\":%.4f,\"output_tokens_per_second\":%.1f,\"batches\":%lld},"
+        "\"overhead\":%.4f,\"digest_seconds_per_step\":%.9f,\"hidden_size\":%lld}\n",
+        o->sessions, o->prompt_tokens, o->max_tokens, o->threads, o->window_steps,
+        static_cast<long long>(o->window_ms), static_cast<long long>(r.output_tokens),
+        r.off_seconds, r.off_tokens_per_second, r.on_seconds, r.on_tokens_per_second,
+        static_cast<long long>(r.batches), r.overhead, r.digest_seconds_per_step,
+        static_cast<long long>(r.hidden_size));
+    return OkStatus();
+  });
+}
+
+}  // namespace fp

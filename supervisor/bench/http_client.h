@@ -1,0 +1,52 @@
+// A small synchronous HTTP/1.1 client (Boost.Beast) with keep-alive, for benchmarks and tests of
+// the supervisor's API.
+//
+// Thread-safety: one HttpClient per thread.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/verb.hpp>
+
+#include "common/base/status.h"
+
+namespace fp::supervisor {
+
+// Largest response body the client reads.
+inline constexpr size_t kMaxClientBodyBytes = size_t{64} << 20;
+
+struct HttpResponse {
+  unsigned status = 0;
+  std::string content_type;
+  std::string body;
+};
+
+class HttpClient {
+ public:
+  HttpClient(std::string host, uint16_t port,
+             std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  ~HttpClient();
+  HttpClient(const HttpClient&) = delete;
+  HttpClient& operator=(const HttpClient&) = delete;
+
+  // One request on the kept-alive connection (reconnecting if the server closed it). Unavailable
+  // or DeadlineExceeded on network errors.
+  StatusOr<HttpResponse> Request(boost::beast::http::verb method, const std::string& target,
+                                 const std::string& body = "");
+
+ private:
+  Status Connect();
+
+  std::string host_;
+  uint16_t port_;
+  std::chrono::milliseconds timeout_;
+  boost::asio::io_context io_;
+  std::optional<boost::beast::tcp_stream> stream_;
+};
+
+}  // namespace fp::supervisor

@@ -1,0 +1,213 @@
+// Supervisor subcommands; see cli.h.
+#include "supervisor/cli.h"
+
+#include <signal.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <memory>
+
+#include <fmt/format.h>
+
+#include "common/base/config.h"
+#include "common/base/log.h"
+#include "common/cli.h"
+#include "common/crypto/sha256.h"
+#include "supervisor/bench/bench.h"
+#include "supervisor/fsck.h"
+#include "supervisor/log/rocksdb_log.h"
+#include "supervisor/runtime/supervisor.h"
+#include "supervisor/state/applier.h"
+#include "supervisor/state/state_store.h"
+
+namespace fp {
+namespace {
+
+using supervisor::SupervisorOptions;
+
+struct RunArgs {
+  SupervisorOptions options;
+  std::vector<std::string> models;  // ID=PROFILE_HEX[:ANCHORS_HEX]
+  int64_t tick_interval_ms = 1000;
+  int64_t checkpoint_interval_ms = 10'000;
+  int64_t replica_deadline_ms = 120'000;
+  int64_t worker_grace_ms = 30'000;
+  int64_t drain_timeout_ms = 10'000;
+  std::string log_level = "info";
+  std::string log_format = "text";
+};
+
+// "ID=PROFILE[:ANCHORS]" with 64-hex-character hashes.
+Status ParseModels(const std::vector<std::string>& specs, supervisor::SessionDefaults& defaults) {
+  for (const std::string& spec : specs) {
+    const size_t equals = spec.find('=');
+    if (equals == std::string::npos || equals == 0) {
+      return InvalidArgumentError(fmt::format("--model '{}': expected ID=PROFILE[:ANCHORS]", spec));
+    }
+    const std::string hashes = spec.substr(equals + 1);
+    const size_t colon = hashes.find(':');
+    StatusOr<Hash> profile = HashFromHex(hashes.substr(0, colon));
+    if (!profile.ok()) return profile.status().WithContext("--model " + spec);
+    supervisor::SessionDefaults::ModelProfile model;
+    model.numerics_profile = supervisor::HashString(*profile);
+    if (colon != std::string::npos) {
+      StatusOr<Hash> anchors = HashFromHex(hashes.substr(colon + 1));
+      if (!anchors.ok()) return anchors.status().WithContext("--model " + spec);
+      model.anchor_set_hash = supervisor::HashString(*anchors);
+    }
+    defaults.models[spec.substr(0, equals)] = model;
+  }
+  return OkStatus();
+}
+
+// Runs until SIGTERM/SIGINT (then drains) or a background failure.
+Status RunSupervisor(RunArgs& args) {
+  if (args.options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
+  if (args.options.certs_dir.empty()) return InvalidArgumentError("--certs-dir is required");
+  FP_ASSIGN_OR_RETURN(LogLevel level, ParseLogLevel(args.log_level));
+  FP_ASSIGN_OR_RETURN(LogFormat format, ParseLogFormat(args.log_format));
+  InitLogging(level, format);
+  FP_RETURN_IF_ERROR(ParseModels(args.models, args.options.defaults));
+  SupervisorOptions& options = args.options;
+  options.tick_interval = std::chrono::milliseconds(args.tick_interval_ms);
+  options.checkpoint_interval = std::chrono::milliseconds(args.checkpoint_interval_ms);
+  options.replica_deadline = std::chrono::milliseconds(args.replica_deadline_ms);
+  options.worker_grace = std::chrono::milliseconds(args.worker_grace_ms);
+  options.drain_timeout = std::chrono::milliseconds(args.drain_timeout_ms);
+  options.metrics_listener = options.metrics_port != 0;
+  // Block the signals in every thread; this thread takes them with sigtimedwait.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  prometheus::Registry registry;
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<supervisor::Supervisor> running,
+                      supervisor::Supervisor::Start(options, registry));
+  // Ports go to stdout so that scripts (and tests) can find ephemeral ones.
+  std::printf("worker_port=%u http_port=%u metrics_port=%u\n", running->worker_port(),
+              running->http_port(), running->metrics_port());
+  std::fflush(stdout);
+  const timespec poll = {0, 200'000'000};
+  while (true) {
+    const int signal = sigtimedwait(&signals, nullptr, &poll);
+    if (signal == SIGINT || signal == SIGTERM) {
+      LogInfo("supervisor", "signal received", {{"signal", signal}});
+      break;
+    }
+    if (!running->health().ok()) break;
+  }
+  return running->Drain();
+}
+
+Status RunFsck(const std::string& data_dir) {
+  const std::filesystem::path dir(data_dir);
+  if (!std::filesystem::exists(dir / "state")) {
+    return NotFoundError(fmt::format("{} holds no supervisor state", data_dir));
+  }
+  FP_ASSIGN_OR_RETURN(auto state, supervisor::OpenStateStore((dir / "state").string()));
+  FP_ASSIGN_OR_RETURN(supervisor::FsckReport report, supervisor::Fsck(*state));
+  FP_ASSIGN_OR_RETURN(supervisor::AppliedMeta meta,
+                      supervisor::ReadAppliedMeta(supervisor::DbStateReader(state.get())));
+  if (std::filesystem::exists(dir / "log")) {
+    FP_ASSIGN_OR_RETURN(auto log, supervisor::RocksLog::Open((dir / "log").string()));
+    if (meta.applied > log->End()) {
+      ++report.problem_count;
+      report.problems.push_back(fmt::format("state applied {} records but the log holds {}",
+                                            meta.applied, log->End()));
+    }
+    std::fprintf(stderr, "log: %lu records, %lu applied\n",
+                 static_cast<unsigned long>(log->End()), static_cast<unsigned long>(meta.applied));
+  }
+  std::fprintf(stderr,
+               "sessions %lu, replica trees %lu, leaves %lu, ledger entries %lu, checkpoints %lu "
+               "(%lu signed)\n",
+               static_cast<unsigned long>(report.sessions),
+               static_cast<unsigned long>(report.replica_trees),
+               static_cast<unsigned long>(report.leaves),
+               static_cast<unsigned long>(report.ledger_entries),
+               static_cast<unsigned long>(report.checkpoints),
+               static_cast<unsigned long>(report.signed_checkpoints));
+  for (const std::string& problem : report.problems) std::fprintf(stderr, "MISMATCH %s\n", problem.c_str());
+  if (!report.clean()) {
+    return DataLossError(fmt::format("fsck found {} problem(s)", report.problem_count));
+  }
+  std::fprintf(stderr, "fsck: clean\n");
+  return OkStatus();
+}
+
+void AddRunOptions(CLI::App* command, RunArgs& args) {
+  SupervisorOptions& o = args.options;
+  command->add_option("--data-dir", o.data_dir,
+                      "Directory of the log, state and signing key (required)");
+  command->add_option("--origin", o.origin, "Checkpoint origin (the ledger's name)");
+  command->add_option("--certs-dir", o.certs_dir, "`fieldprint certs init` directory (required)");
+  command->add_option("--tls-name", o.tls_name, "This supervisor's certificate name");
+  command->add_option("--worker-address", o.worker_address, "Worker listener address");
+  command->add_option("--worker-port", o.worker_port, "Worker listener port (0: any)");
+  command->add_option("--http-address", o.http_address, "HTTP API address");
+  command->add_option("--http-port", o.http_port, "HTTP API port (0: any)");
+  command->add_option("--metrics-address", o.metrics_address, "Separate metrics listener address");
+  command->add_option("--metrics-port", o.metrics_port,
+                      "Separate metrics listener port (0: metrics only at the API's /metrics)");
+  command->add_option("--io-threads", o.io_threads, "Network threads")
+      ->check(CLI::Range(1u, supervisor::kMaxIoThreads));
+  command->add_option("--replicas", o.defaults.replicas, "Default replicas per session")
+      ->check(CLI::Range(1u, wire::kMaxReplicas));
+  command->add_option("--max-unverified-steps", o.defaults.max_unverified_steps,
+                      "Default steps a replica may run past its verified prefix")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--default-max-tokens", o.defaults.max_tokens,
+                      "max_tokens when a request names none")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--model", args.models,
+                      "Served model: ID=NUMERICS_PROFILE_HEX[:ANCHOR_SET_HEX] (repeatable)");
+  command->add_option("--quarantine-divergences", o.applier.quarantine_divergences,
+                      "Divergences after which a worker is quarantined")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--tick-interval-ms", args.tick_interval_ms, "Leader clock tick period")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--checkpoint-every", o.checkpoint_every_entries,
+                      "Ledger entries between checkpoints")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--checkpoint-interval-ms", args.checkpoint_interval_ms,
+                      "Longest time between checkpoints while the ledger grows")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--replica-deadline-ms", args.replica_deadline_ms,
+                      "A session without progress this long gets its slowest replicas re-placed")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--worker-grace-ms", args.worker_grace_ms,
+                      "A disconnected worker is lost after this long")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--drain-timeout-ms", args.drain_timeout_ms,
+                      "How long a drain waits for open HTTP requests")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--log-level", args.log_level, "debug, info, warn or error");
+  command->add_option("--log-format", args.log_format, "text or json");
+}
+
+}  // namespace
+
+void AddSupervisorCommands(CLI::App& app, CLI::App& bench) {
+  CLI::App* command =
+      app.add_subcommand("supervisor", "Run a standalone supervisor (embedded RocksDB log)");
+  command->require_subcommand(0, 1);
+  auto args = std::make_shared<RunArgs>();
+  AddRunOptions(command, *args);
+  AddConfigOption(*command);
+
+  CLI::App* fsck = command->add_subcommand(
+      "fsck", "Recompute every stored root of a stopped supervisor's data directory");
+  auto fsck_dir = std::make_shared<std::string>();
+  fsck->add_option("--data-dir", *fsck_dir, "The supervisor's data directory")->required();
+  SetAction(fsck, [fsck_dir] { return RunFsck(*fsck_dir); });
+  // `supervisor fsck` must not also start a supervisor, so the run's required options are
+  // checked by RunSupervisor rather than by CLI11.
+  SetAction(command, [args, fsck]() -> Status {
+    if (fsck->parsed()) return OkStatus();
+    return RunSupervisor(*args);
+  });
+  supervisor::AddBenchCommands(bench);
+}
+
+}  // namespace fp

@@ -1,0 +1,431 @@
+// Supervisor; see supervisor.h.
+#include "supervisor/runtime/supervisor.h"
+
+#include <filesystem>
+
+#include <fmt/format.h>
+
+#include "common/base/log.h"
+#include "common/leaf/session_id.h"
+#include "common/metrics/metrics.h"
+#include "common/wire/tls.h"
+#include "supervisor/state/placement.h"
+#include "supervisor/state/state_store.h"
+#include "supervisor/state/state_txn.h"
+
+namespace fp::supervisor {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace asio = boost::asio;
+
+uint64_t UnixMillis() {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
+}
+
+}  // namespace
+
+struct Supervisor::Metrics {
+  explicit Metrics(prometheus::Registry& registry)
+      : leaves_ingested(metrics::RegisterCounter(registry,
+                                                 "fieldprint_supervisor_leaves_ingested_total",
+                                                 "Step leaves in durable, acknowledged batches")
+                            .Add({})),
+        batches_refused(metrics::RegisterCounter(registry,
+                                                 "fieldprint_supervisor_batches_refused_total",
+                                                 "Leaf batches whose append failed")
+                            .Add({})),
+        append_latency(metrics::RegisterHistogram(
+                           registry, "fieldprint_supervisor_append_latency_seconds",
+                           "Leaf batch append until durable (the worker's ack latency)")
+                           .Add({}, metrics::Buckets(metrics::kLatencyBucketsRequestSeconds))),
+        connected_workers(metrics::RegisterGauge(registry,
+                                                 "fieldprint_supervisor_connected_workers",
+                                                 "Workers with a registered connection")
+                              .Add({})),
+        apply_lag(metrics::RegisterGauge(registry, "fieldprint_supervisor_apply_lag_records",
+                                         "Durable log records not applied yet")
+                      .Add({})),
+        leaves_applied(metrics::RegisterCounter(registry,
+                                                "fieldprint_supervisor_leaves_applied_total",
+                                                "Step leaves appended to session trees")
+                           .Add({})),
+        applied(metrics::RegisterCounter(registry, "fieldprint_supervisor_records_applied_total",
+                                         "Log records applied")
+                    .Add({})),
+        rejected(metrics::RegisterCounter(registry, "fieldprint_supervisor_records_rejected_total",
+                                          "Log records the applier rejected as invalid")
+                     .Add({})),
+        sessions(metrics::RegisterGauge(registry, "fieldprint_supervisor_sessions",
+                                        "Sessions by phase")),
+        divergences(metrics::RegisterCounter(registry, "fieldprint_supervisor_divergences_total",
+                                             "Divergences found between replicas")
+                        .Add({})),
+        rollbacks(metrics::RegisterCounter(registry,
+                                           "fieldprint_supervisor_rollbacks_ordered_total",
+                                           "Orders to replicas, by kind")),
+        quarantines(metrics::RegisterCounter(registry, "fieldprint_supervisor_quarantines_total",
+                                             "Workers quarantined")
+                        .Add({})),
+        checkpoint_size(metrics::RegisterGauge(registry,
+                                               "fieldprint_supervisor_checkpoint_tree_size",
+                                               "Ledger entries covered by the latest signed "
+                                               "checkpoint")
+                            .Add({})),
+        checkpoint_age(metrics::RegisterGauge(registry,
+                                              "fieldprint_supervisor_checkpoint_age_seconds",
+                                              "Age of the latest signed checkpoint")
+                           .Add({})),
+        rocksdb_bytes(metrics::RegisterGauge(registry, "fieldprint_supervisor_rocksdb_bytes",
+                                             "Approximate RocksDB data size, by store")),
+        proof_requests(metrics::RegisterCounter(registry,
+                                                "fieldprint_supervisor_proof_requests_total",
+                                                "Proof requests over HTTP, by kind and outcome")),
+        proof_latency(metrics::RegisterHistogram(registry,
+                                                 "fieldprint_supervisor_proof_latency_seconds",
+                                                 "Proof request handling time, by kind")) {}
+
+  prometheus::Counter& leaves_ingested;
+  prometheus::Counter& batches_refused;
+  prometheus::Histogram& append_latency;
+  prometheus::Gauge& connected_workers;
+  prometheus::Gauge& apply_lag;
+  prometheus::Counter& leaves_applied;
+  prometheus::Counter& applied;
+  prometheus::Counter& rejected;
+  prometheus::Family<prometheus::Gauge>& sessions;
+  prometheus::Counter& divergences;
+  prometheus::Family<prometheus::Counter>& rollbacks;
+  prometheus::Counter& quarantines;
+  prometheus::Gauge& checkpoint_size;
+  prometheus::Gauge& checkpoint_age;
+  prometheus::Family<prometheus::Gauge>& rocksdb_bytes;
+  prometheus::Family<prometheus::Counter>& proof_requests;
+  prometheus::Family<prometheus::Histogram>& proof_latency;
+};
+
+Supervisor::Supervisor(const SupervisorOptions& options) : options_(options) {}
+
+StatusOr<std::unique_ptr<Supervisor>> Supervisor::Start(const SupervisorOptions& options,
+                                                        prometheus::Registry& registry) {
+  if (options.data_dir.empty()) return InvalidArgumentError("data-dir is required");
+  if (options.io_threads == 0 || options.io_threads > kMaxIoThreads) {
+    return InvalidArgumentError(fmt::format("io-threads must be in [1, {}]", kMaxIoThreads));
+  }
+  std::unique_ptr<Supervisor> supervisor(new Supervisor(options));
+  FP_RETURN_IF_ERROR(supervisor->Open(registry));
+  Status network = supervisor->StartNetwork(registry);
+  if (!network.ok()) {
+    supervisor->Drain().IgnoreError();
+    return network;
+  }
+  supervisor->applier_thread_ = std::thread([s = supervisor.get()] { s->ApplierLoop(); });
+  supervisor->leader_thread_ = std::thread([s = supervisor.get()] { s->LeaderLoop(); });
+  LogInfo("supervisor", "started",
+          {{"data_dir", options.data_dir},
+           {"origin", options.origin},
+           {"worker_port", supervisor->worker_port_},
+           {"http_port", supervisor->http_port_},
+           {"applied", supervisor->applier_->applied()},
+           {"log_end", supervisor->log_->End()}});
+  return supervisor;
+}
+
+Status Supervisor::Open(prometheus::Registry& registry) {
+  metrics_ = std::make_unique<Metrics>(registry);
+  const std::filesystem::path dir(options_.data_dir);
+  FP_ASSIGN_OR_RETURN(log_, RocksLog::Open((dir / "log").string()));
+  FP_ASSIGN_OR_RETURN(state_, OpenStateStore((dir / "state").string()));
+  FP_ASSIGN_OR_RETURN(applier_, Applier::Open(state_.get(), options_.applier));
+  if (applier_->applied() > log_->End()) {
+    return DataLossError(fmt::format("state applied {} records but the log holds {}",
+                                     applier_->applied(), log_->End()));
+  }
+  FP_ASSIGN_OR_RETURN(tlog::NoteSigner signer,
+                      LoadOrCreateSigner((dir / kCheckpointKeyFile).string(), options_.origin));
+  ApiContext context;
+  context.state = state_.get();
+  context.log = log_.get();
+  context.registry = &registry;
+  context.origin = options_.origin;
+  context.verifier = signer.Verifier();
+  context.defaults = options_.defaults;
+  context.new_session_id = [] { return NewSessionId(); };
+  context.applied = [this] { return applier_->applied(); };
+  context.draining = &draining_;
+  context.recovery_position = log_->End();
+  api_ = std::make_unique<Api>(std::move(context));
+  signer_ = std::make_unique<CheckpointSigner>(state_.get(), options_.origin, std::move(signer));
+  // Whatever a crash left unsigned is signed before anything is served.
+  FP_RETURN_IF_ERROR(signer_->SignPending().status());
+  return OkStatus();
+}
+
+Status Supervisor::StartNetwork(prometheus::Registry& registry) {
+  work_.emplace(asio::make_work_guard(io_));
+  for (uint32_t i = 0; i < options_.io_threads; ++i) {
+    io_threads_.emplace_back([this] { io_.run(); });
+  }
+  FP_ASSIGN_OR_RETURN(
+      tls_, wire::MakeServerTlsContext(wire::TlsFilesForNode(options_.certs_dir,
+                                                             options_.tls_name)));
+  WorkerServiceOptions worker_options;
+  worker_options.address = options_.worker_address;
+  worker_options.port = options_.worker_port;
+  worker_options.connection = options_.connection;
+  WorkerServiceMetrics worker_metrics{&metrics_->leaves_ingested, &metrics_->append_latency,
+                                      &metrics_->batches_refused, &metrics_->connected_workers};
+  FP_ASSIGN_OR_RETURN(workers_, WorkerService::Start(io_, *tls_, *log_, *state_, worker_options,
+                                                     worker_metrics));
+  worker_port_ = workers_->port();
+  HttpServerOptions http_options;
+  http_options.address = options_.http_address;
+  http_options.port = options_.http_port;
+  FP_ASSIGN_OR_RETURN(http_, HttpServer::Start(io_, *api_, *log_, http_options,
+                                               HttpMetrics{&metrics_->proof_requests,
+                                                           &metrics_->proof_latency},
+                                               &draining_));
+  http_port_ = http_->port();
+  if (options_.metrics_listener) {
+    metrics::MetricsServerOptions metrics_options;
+    metrics_options.address = options_.metrics_address;
+    metrics_options.port = options_.metrics_port;
+    FP_ASSIGN_OR_RETURN(metrics_server_, metrics::MetricsServer::Start(registry, metrics_options));
+    metrics_port_ = metrics_server_->port();
+  }
+  return OkStatus();
+}
+
+void Supervisor::Fail(const Status& status) {
+  LogError("supervisor", "background failure", {{"status", status}});
+  std::lock_guard lock(mutex_);
+  if (failure_.ok()) failure_ = status;
+  changed_.notify_all();
+}
+
+void Supervisor::ApplierLoop() {
+  while (true) {
+    const uint64_t applied = applier_->applied();
+    const uint64_t end = log_->WaitBeyond(applied, std::chrono::milliseconds(100));
+    if (end <= applied) {
+      std::lock_guard lock(mutex_);
+      if (stop_applier_ || !failure_.ok()) return;
+      continue;
+    }
+    StatusOr<std::vector<LogEntry>> entries = log_->Read(applied, kMaxApplyGroup);
+    if (!entries.ok()) return Fail(entries.status().WithContext("read log"));
+    StatusOr<Effects> effects = applier_->Apply(*entries);
+    if (!effects.ok()) return Fail(effects.status().WithContext("apply"));
+    metrics_->applied.Increment(static_cast<double>(entries->size()));
+    metrics_->leaves_applied.Increment(static_cast<double>(effects->leaves));
+    metrics_->rejected.Increment(static_cast<double>(effects->rejected));
+    metrics_->divergences.Increment(static_cast<double>(effects->divergences));
+    metrics_->quarantines.Increment(static_cast<double>(effects->quarantined.size()));
+    for (const pb::Order& order : effects->orders) {
+      metrics_->rollbacks.Add({{"kind", pb::OrderKind_Name(order.kind())}}).Increment();
+    }
+    for (const std::string& rejection : effects->rejections) {
+      LogDebug("supervisor", "record rejected", {{"reason", rejection}});
+    }
+    {
+      std::lock_guard lock(mutex_);
+      const auto now = Clock::now();
+      for (const std::string& session : effects->progressed) progress_[session] = now;
+    }
+    workers_->Deliver(*effects);
+    if (effects->checkpoint) {
+      if (Status sign = signer_->SignPending().status(); !sign.ok()) {
+        return Fail(sign.WithContext("sign checkpoint"));
+      }
+    }
+  }
+}
+
+void Supervisor::AppendInBackground(pb::LogRecord record) {
+  const char* type = RecordTypeName(record);
+  log_->Append(std::move(record), [this, type](StatusOr<uint64_t> position) {
+    if (!position.ok() && !draining_.load()) {
+      LogWarn("supervisor", "leader append failed", {{"record", type}, {"status", position.status()}});
+    }
+  });
+}
+
+void Supervisor::LeaderLoop() {
+  while (true) {
+    {
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, options_.placement_interval, [&] { return stop_leader_; });
+      if (stop_leader_) return;
+    }
+    LeaderRound(Clock::now());
+  }
+}
+
+void Supervisor::LeaderRound(Clock::time_point now) {
+  if (now - last_tick_ >= options_.tick_interval) {
+    pb::LogRecord tick;
+    tick.mutable_tick()->set_unix_ms(UnixMillis());
+    AppendInBackground(std::move(tick));
+    last_tick_ = now;
+  }
+  StatusOr<std::vector<pb::LogRecord>> plan = PlanPlacement(*state_, kMaxPlacementsPerRound);
+  if (!plan.ok()) return Fail(plan.status().WithContext("placement"));
+  for (pb::LogRecord& record : *plan) AppendInBackground(std::move(record));
+  const uint64_t size = applier_->ledger_size();
+  const bool grew = !requested_checkpoint_ || size > requested_size_;
+  if (grew && (size >= requested_size_ + options_.checkpoint_every_entries ||
+               now - requested_at_ >= options_.checkpoint_interval || !requested_checkpoint_)) {
+    pb::LogRecord request;
+    request.mutable_checkpoint_request();
+    AppendInBackground(std::move(request));
+    requested_checkpoint_ = true;
+    requested_size_ = size;
+    requested_at_ = now;
+  }
+  for (const std::string& worker_id : workers_->TakeLostWorkers(now, options_.worker_grace)) {
+    pb::LogRecord lost;
+    lost.mutable_worker_lost()->set_worker_id(worker_id);
+    AppendInBackground(std::move(lost));
+  }
+  if (now - last_slow_round_ >= std::chrono::seconds(1)) {
+    CheckDeadlines(now);
+    UpdateGauges();
+    last_slow_round_ = now;
+  }
+}
+
+void Supervisor::CheckDeadlines(Clock::time_point now) {
+  std::vector<std::string> stalled;
+  {
+    std::lock_guard lock(mutex_);
+    for (auto& [session, last] : progress_) {
+      if (now - last >= options_.replica_deadline) {
+        stalled.push_back(session);
+        last = now;  // one round of deadlines per period
+      }
+    }
+  }
+  DbStateReader reader(state_.get());
+  for (const std::string& id : stalled) {
+    StatusOr<std::optional<pb::SessionState>> session =
+        reader.GetMessage<pb::SessionState>(kSessions, id);
+    if (!session.ok()) return Fail(session.status());
+    if (!session->has_value() || (*session)->phase() == pb::SESSION_PHASE_VERIFIED ||
+        (*session)->phase() == pb::SESSION_PHASE_FAILED) {
+      std::lock_guard lock(mutex_);
+      progress_.erase(id);
+      continue;
+    }
+    // The replicas furthest behind are the ones holding the session up.
+    uint64_t lowest = UINT64_MAX;
+    for (const pb::ReplicaState& replica : (*session)->replicas()) {
+      if (!replica.worker_id().empty() && !replica.finished()) {
+        lowest = std::min(lowest, replica.next_step());
+      }
+    }
+    for (uint32_t r = 0; r < static_cast<uint32_t>((*session)->replicas_size()); ++r) {
+      const pb::ReplicaState& replica = (*session)->replicas(r);
+      if (replica.worker_id().empty() || replica.finished() || replica.next_step() != lowest) {
+        continue;
+      }
+      pb::LogRecord deadline;
+      deadline.mutable_deadline()->set_session_id(id);
+      deadline.mutable_deadline()->set_replica(r);
+      deadline.mutable_deadline()->set_epoch(replica.epoch());
+      LogWarn("supervisor", "replica missed its deadline",
+              {{"session", HexEncode(AsBytes(id))}, {"replica", r}, {"worker", replica.worker_id()}});
+      AppendInBackground(std::move(deadline));
+    }
+  }
+}
+
+void Supervisor::UpdateGauges() {
+  const pb::PhaseCounts phases = applier_->phases();
+  metrics_->sessions.Add({{"phase", "waiting"}}).Set(static_cast<double>(phases.waiting()));
+  metrics_->sessions.Add({{"phase", "running"}}).Set(static_cast<double>(phases.running()));
+  metrics_->sessions.Add({{"phase", "verified"}}).Set(static_cast<double>(phases.verified()));
+  metrics_->sessions.Add({{"phase", "failed"}}).Set(static_cast<double>(phases.failed()));
+  const uint64_t end = log_->End();
+  const uint64_t applied = applier_->applied();
+  metrics_->apply_lag.Set(static_cast<double>(end > applied ? end - applied : 0));
+  metrics_->rocksdb_bytes.Add({{"store", "log"}}).Set(static_cast<double>(log_->ApproximateBytes()));
+  uint64_t state_bytes = 0;
+  for (size_t family = 0; family < kFamilyCount; ++family) {
+    state_bytes += state_->ApproximateBytes(family);
+  }
+  metrics_->rocksdb_bytes.Add({{"store", "state"}}).Set(static_cast<double>(state_bytes));
+  StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
+  if (!latest.ok()) return;
+  metrics_->checkpoint_size.Set(static_cast<double>(latest->checkpoint.size));
+  DbStateReader reader(state_.get());
+  StatusOr<std::optional<pb::CheckpointBody>> body =
+      reader.GetMessage<pb::CheckpointBody>(kCheckpoints, U64Key(latest->checkpoint.size));
+  if (body.ok() && body->has_value()) {
+    const uint64_t now = UnixMillis();
+    const uint64_t taken = (*body)->unix_ms();
+    metrics_->checkpoint_age.Set(now > taken ? static_cast<double>(now - taken) / 1000.0 : 0.0);
+  }
+}
+
+Status Supervisor::health() const {
+  std::lock_guard lock(mutex_);
+  return failure_;
+}
+
+Status Supervisor::Wait() {
+  std::unique_lock lock(mutex_);
+  changed_.wait(lock, [&] { return draining_.load() || !failure_.ok(); });
+  return failure_;
+}
+
+Status Supervisor::Drain() {
+  if (draining_.exchange(true)) {
+    std::unique_lock lock(mutex_);
+    changed_.wait(lock, [&] { return drained_; });
+    return failure_;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    changed_.notify_all();  // wakes Wait()
+  }
+  LogInfo("supervisor", "draining", {});
+  if (http_ != nullptr) http_->Stop();
+  if (workers_ != nullptr) workers_->Stop();
+  const auto give_up = Clock::now() + options_.drain_timeout;
+  while (http_ != nullptr && http_->open_connections() > 0 && Clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  {
+    std::lock_guard lock(mutex_);
+    stop_leader_ = true;
+    changed_.notify_all();
+  }
+  if (leader_thread_.joinable()) leader_thread_.join();
+  if (log_ != nullptr) log_->Close();  // queued appends become durable and are acknowledged
+  {
+    std::lock_guard lock(mutex_);
+    stop_applier_ = true;
+  }
+  if (applier_thread_.joinable()) applier_thread_.join();
+  if (signer_ != nullptr) {
+    if (Status sign = signer_->SignPending().status(); !sign.ok()) Fail(sign);
+  }
+  work_.reset();
+  io_.stop();
+  for (std::thread& thread : io_threads_) thread.join();
+  io_threads_.clear();
+  if (metrics_server_ != nullptr) metrics_server_->Stop();
+  if (state_ != nullptr) state_->Flush().IgnoreError();
+  std::lock_guard lock(mutex_);
+  drained_ = true;
+  changed_.notify_all();
+  LogInfo("supervisor", "drained",
+          {{"applied", applier_ != nullptr ? applier_->applied() : 0}, {"status", failure_}});
+  return failure_;
+}
+
+Supervisor::~Supervisor() { Drain().IgnoreError(); }
+
+}  // namespace fp::supervisor

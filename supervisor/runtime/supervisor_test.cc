@@ -1,0 +1,274 @@
+// End-to-end tests of one in-process supervisor over real sockets: a test worker speaks the wire
+// protocol over mutual TLS with certificates from `certs init`, and an HTTP client uses the API.
+#include "supervisor/runtime/supervisor.h"
+
+#include <condition_variable>
+#include <deque>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/json.hpp>
+#include <fmt/format.h>
+
+#include "common/leaf/step_leaf.h"
+#include "common/wire/certs.h"
+#include "common/wire/tls.h"
+#include "supervisor/bench/http_client.h"
+#include "tests/testutil/status_matchers.h"
+#include "tests/testutil/test_env.h"
+
+namespace fp::supervisor {
+namespace {
+
+namespace json = boost::json;
+using boost::beast::http::verb;
+using ::testing::HasSubstr;
+
+constexpr auto kWait = std::chrono::seconds(10);
+
+// A worker connection whose received envelopes queue up for the test to take.
+class TestWorker {
+ public:
+  TestWorker(boost::asio::io_context& io, boost::asio::ssl::context& tls, uint16_t port) {
+    wire::ConnectionHandlers handlers;
+    handlers.on_envelope = [this](const std::shared_ptr<wire::Connection>&,
+                                  wire::pb::Envelope envelope) {
+      std::lock_guard lock(mutex_);
+      received_.push_back(std::move(envelope));
+      changed_.notify_all();
+    };
+    handlers.on_close = [this](const std::shared_ptr<wire::Connection>&, const Status& status) {
+      std::lock_guard lock(mutex_);
+      closed_ = status;
+      changed_.notify_all();
+    };
+    connection_ = wire::Connection::Connect(io, tls, "127.0.0.1", port, "supervisor-0",
+                                            std::move(handlers), wire::ConnectionOptions());
+    connection_->Start();
+  }
+  ~TestWorker() { connection_->Close(); }
+
+  void Send(const wire::pb::Envelope& envelope) { FP_CHECK_OK(connection_->Send(envelope)); }
+
+  // The oldest envelope with this body (others stay queued); nullopt on timeout.
+  std::optional<wire::pb::Envelope> Next(wire::pb::Envelope::BodyCase body) {
+    std::unique_lock lock(mutex_);
+    std::optional<wire::pb::Envelope> found;
+    changed_.wait_for(lock, kWait, [&] {
+      for (auto it = received_.begin(); it != received_.end(); ++it) {
+        if (it->body_case() == body) {
+          found = std::move(*it);
+          received_.erase(it);
+          return true;
+        }
+      }
+      return false;
+    });
+    return found;
+  }
+
+  std::optional<Status> WaitClosed() {
+    std::unique_lock lock(mutex_);
+    changed_.wait_for(lock, kWait, [&] { return closed_.has_value(); });
+    return closed_;
+  }
+
+ private:
+  std::shared_ptr<wire::Connection> connection_;
+  std::mutex mutex_;
+  std::condition_variable changed_;
+  std::deque<wire::pb::Envelope> received_;  // guarded by mutex_
+  std::optional<Status> closed_;             // guarded by mutex_
+};
+
+wire::pb::Envelope Registration() {
+  wire::pb::Envelope envelope;
+  envelope.mutable_registration()->set_max_replicas(4);
+  envelope.mutable_registration()->add_models("tiny");
+  envelope.mutable_registration()->set_numerics_profile_hash(std::string(32, 'p'));
+  return envelope;
+}
+
+wire::pb::Envelope Leaves(const wire::pb::Assign& assign, uint64_t steps) {
+  wire::pb::Envelope envelope;
+  wire::pb::LeafBatch* batch = envelope.mutable_leaf_batch();
+  batch->set_session_id(assign.session_id());
+  batch->set_replica(assign.replica());
+  batch->set_epoch(assign.epoch());
+  merkle::Frontier tree;
+  for (uint64_t step = 0; step < steps; ++step) {
+    leaf::StepLeaf leaf;
+    std::copy(assign.session_id().begin(), assign.session_id().end(), leaf.session_id.begin());
+    leaf.step = step;
+    leaf.token_id = 40 + static_cast<uint32_t>(step);
+    leaf.state_digest = Sha256("state " + std::to_string(step));
+    wire::AppendStepLeaf(*batch, leaf.token_id, leaf.state_digest);
+    tree.Append(leaf::StepLeafHash(leaf), nullptr);
+  }
+  batch->set_last(true);
+  const Hash root = tree.Root();
+  batch->set_session_root(std::string(root.begin(), root.end()));
+  return envelope;
+}
+
+class SupervisorTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    wire::CertsOptions certs;
+    certs.names = {"supervisor-0", "worker-0"};
+    FP_CHECK_OK(wire::InitCerts(dir_.Join("certs"), certs));
+    SupervisorOptions options;
+    options.data_dir = dir_.Join("data");
+    options.certs_dir = dir_.Join("certs");
+    options.worker_port = 0;
+    options.http_port = 0;
+    options.io_threads = 1;
+    options.defaults.replicas = 1;
+    options.defaults.models["tiny"] = {std::string(32, 'n'), std::string(32, '\0')};
+    options.tick_interval = std::chrono::milliseconds(50);
+    options.checkpoint_interval = std::chrono::milliseconds(50);
+    auto supervisor = Supervisor::Start(options, registry_);
+    FP_CHECK_OK(supervisor);
+    supervisor_ = std::move(supervisor).value();
+    auto tls = wire::MakeClientTlsContext(wire::TlsFilesForNode(dir_.Join("certs"), "worker-0"));
+    FP_CHECK_OK(tls);
+    tls_ = std::move(tls).value();
+    work_.emplace(boost::asio::make_work_guard(io_));
+    thread_ = std::thread([this] { io_.run(); });
+    http_ = std::make_unique<HttpClient>("127.0.0.1", supervisor_->http_port());
+  }
+
+  void TearDown() override {
+    worker_.reset();
+    ASSERT_OK(supervisor_->Drain());
+    work_.reset();
+    io_.stop();
+    thread_.join();
+  }
+
+  TestWorker& Connect() {
+    worker_ = std::make_unique<TestWorker>(io_, *tls_, supervisor_->worker_port());
+    return *worker_;
+  }
+
+  std::string Submit(int max_tokens) {
+    auto response = http_->Request(
+        verb::post, "/v1/sessions",
+        fmt::format(R"({{"model":"tiny","prompt_token_ids":[9],"max_tokens":{}}})", max_tokens));
+    FP_CHECK_OK(response);
+    FP_CHECK_MSG(response->status == 202, response->body);
+    return std::string(json::parse(response->body).at("session_id").as_string());
+  }
+
+  fp::testing::TempDir dir_;
+  prometheus::Registry registry_;
+  std::unique_ptr<Supervisor> supervisor_;
+  boost::asio::io_context io_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
+  std::thread thread_;
+  std::unique_ptr<boost::asio::ssl::context> tls_;
+  std::unique_ptr<TestWorker> worker_;
+  std::unique_ptr<HttpClient> http_;
+};
+
+TEST_F(SupervisorTest, WorkerRunsASessionToAVerifiedReceipt) {
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  const std::string id = Submit(3);
+  std::optional<wire::pb::Envelope> assign = worker.Next(wire::pb::Envelope::kAssign);
+  ASSERT_TRUE(assign.has_value());
+  EXPECT_EQ(HexEncode(AsBytes(assign->assign().session_id())), id);
+  EXPECT_EQ(assign->assign().sampling().max_tokens(), 3u);
+  worker.Send(Leaves(assign->assign(), 3));
+  std::optional<wire::pb::Envelope> ack = worker.Next(wire::pb::Envelope::kAck);
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_EQ(ack->ack().step_count(), 3u);
+  // A resend after a lost Ack is acknowledged with the same log position.
+  worker.Send(Leaves(assign->assign(), 3));
+  std::optional<wire::pb::Envelope> again = worker.Next(wire::pb::Envelope::kAck);
+  ASSERT_TRUE(again.has_value());
+  EXPECT_EQ(again->ack().log_index(), ack->ack().log_index());
+  std::optional<wire::pb::Envelope> commit;
+  do {
+    commit = worker.Next(wire::pb::Envelope::kCommit);
+  } while (commit.has_value() && !commit->commit().session_verified());
+  ASSERT_TRUE(commit.has_value());
+  EXPECT_EQ(commit->commit().verified_steps(), 3u);
+  // The HTTP side sees the same result, and streams the verified tokens.
+  ASSERT_OK_AND_ASSIGN(HttpResponse state, http_->Request(verb::get, "/v1/sessions/" + id));
+  json::value body = json::parse(state.body);
+  EXPECT_EQ(body.at("phase").as_string(), "verified");
+  EXPECT_EQ(HexEncode(AsBytes(commit->commit().verified_root())),
+            body.at("session_root").as_string());
+  ASSERT_OK_AND_ASSIGN(HttpResponse events,
+                       http_->Request(verb::get, "/v1/sessions/" + id + "/events"));
+  EXPECT_EQ(events.content_type, "text/event-stream");
+  EXPECT_THAT(events.body, HasSubstr("{\"step\":2,\"token_id\":42}"));
+  EXPECT_THAT(events.body, HasSubstr("event: verified"));
+}
+
+TEST_F(SupervisorTest, HeartbeatsAreEchoed) {
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  wire::pb::Envelope heartbeat;
+  heartbeat.mutable_heartbeat()->set_sequence(77);
+  worker.Send(heartbeat);
+  std::optional<wire::pb::Envelope> echo = worker.Next(wire::pb::Envelope::kHeartbeat);
+  ASSERT_TRUE(echo.has_value());
+  EXPECT_EQ(echo->heartbeat().sequence(), 77u);
+}
+
+TEST_F(SupervisorTest, MetricsAreServedWithTheFieldprintPrefix) {
+  ASSERT_OK_AND_ASSIGN(HttpResponse metrics, http_->Request(verb::get, "/metrics"));
+  EXPECT_EQ(metrics.status, 200u);
+  EXPECT_THAT(metrics.body, HasSubstr("fieldprint_supervisor_append_latency_seconds"));
+  EXPECT_THAT(metrics.body, HasSubstr("fieldprint_supervisor_leaves_ingested_total"));
+}
+
+// ---- Error paths ----
+
+TEST_F(SupervisorTest, LeavesBeforeRegistrationCloseTheConnection) {
+  TestWorker& worker = Connect();
+  wire::pb::Assign assign;
+  assign.set_session_id(std::string(16, 'x'));
+  worker.Send(Leaves(assign, 1));
+  // The supervisor says why, then closes.
+  std::optional<wire::pb::Envelope> error = worker.Next(wire::pb::Envelope::kError);
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->error().code(), static_cast<uint32_t>(StatusCode::kFailedPrecondition));
+  EXPECT_TRUE(worker.WaitClosed().has_value());
+}
+
+TEST_F(SupervisorTest, MessagesOnlySupervisorsSendCloseTheConnection) {
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  wire::pb::Envelope quarantine;
+  quarantine.mutable_quarantine()->set_reason("no");
+  worker.Send(quarantine);
+  std::optional<wire::pb::Envelope> error = worker.Next(wire::pb::Envelope::kError);
+  ASSERT_TRUE(error.has_value());
+  EXPECT_EQ(error->error().code(), static_cast<uint32_t>(StatusCode::kInvalidArgument));
+  EXPECT_TRUE(worker.WaitClosed().has_value());
+}
+
+TEST_F(SupervisorTest, OversizedHttpBodiesGet413BeforeTheBodyIsRead) {
+  // Only the header goes out: the server must answer from the announced length alone.
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), supervisor_->http_port()});
+  const std::string request = fmt::format(
+      "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+      kMaxRequestBodyBytes + 1);
+  boost::asio::write(socket, boost::asio::buffer(request));
+  std::string reply(64, '\0');
+  boost::system::error_code error;
+  const size_t got = boost::asio::read(socket, boost::asio::buffer(reply), error);
+  EXPECT_THAT(reply.substr(0, got), HasSubstr("HTTP/1.1 413"));
+}
+
+}  // namespace
+}  // namespace fp::supervisor
