@@ -5,6 +5,7 @@
 #include "common/cli.h"
 #include "node/cli.h"
 #include "supervisor/cli.h"
+#include "supervisor/client/client_cli.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"fieldprint: verification service for LLM inference"};
@@ -15,6 +16,7 @@ int main(int argc, char** argv) {
   fp::AddCommonCommands(app, *bench);
   fp::AddNodeCommands(app, *bench);
   fp::AddSupervisorCommands(app, *bench);
+  fp::AddClientCommands(app);
   CLI11_PARSE(app, argc, argv);
   return 0;
 }

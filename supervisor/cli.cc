@@ -1,13 +1,12 @@
 // Supervisor subcommands; see cli.h.
 #include "supervisor/cli.h"
 
-#include <signal.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <memory>
 
 #include <fmt/format.h>
+#include <signal.h>
 
 #include "common/base/config.h"
 #include "common/base/log.h"
@@ -113,22 +112,22 @@ Status RunFsck(const std::string& data_dir) {
     FP_ASSIGN_OR_RETURN(auto log, supervisor::RocksLog::Open((dir / "log").string()));
     if (meta.applied > log->End()) {
       ++report.problem_count;
-      report.problems.push_back(fmt::format("state applied {} records but the log holds {}",
-                                            meta.applied, log->End()));
+      report.problems.push_back(
+          fmt::format("state applied {} records but the log holds {}", meta.applied, log->End()));
     }
-    std::fprintf(stderr, "log: %lu records, %lu applied\n",
-                 static_cast<unsigned long>(log->End()), static_cast<unsigned long>(meta.applied));
+    std::fprintf(stderr, "log: %lu records, %lu applied\n", static_cast<unsigned long>(log->End()),
+                 static_cast<unsigned long>(meta.applied));
   }
-  std::fprintf(stderr,
-               "sessions %lu, replica trees %lu, leaves %lu, ledger entries %lu, checkpoints %lu "
-               "(%lu signed)\n",
-               static_cast<unsigned long>(report.sessions),
-               static_cast<unsigned long>(report.replica_trees),
-               static_cast<unsigned long>(report.leaves),
-               static_cast<unsigned long>(report.ledger_entries),
-               static_cast<unsigned long>(report.checkpoints),
-               static_cast<unsigned long>(report.signed_checkpoints));
-  for (const std::string& problem : report.problems) std::fprintf(stderr, "MISMATCH %s\n", problem.c_str());
+  std::fprintf(
+      stderr,
+      "sessions %lu, replica trees %lu, leaves %lu, ledger entries %lu, checkpoints %lu "
+      "(%lu signed)\n",
+      static_cast<unsigned long>(report.sessions), static_cast<unsigned long>(report.replica_trees),
+      static_cast<unsigned long>(report.leaves), static_cast<unsigned long>(report.ledger_entries),
+      static_cast<unsigned long>(report.checkpoints),
+      static_cast<unsigned long>(report.signed_checkpoints));
+  for (const std::string& problem : report.problems)
+    std::fprintf(stderr, "MISMATCH %s\n", problem.c_str());
   if (!report.clean()) {
     return DataLossError(fmt::format("fsck found {} problem(s)", report.problem_count));
   }
@@ -154,33 +153,41 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
       ->check(CLI::Range(1u, supervisor::kMaxIoThreads));
   command->add_option("--replicas", o.defaults.replicas, "Default replicas per session")
       ->check(CLI::Range(1u, wire::kMaxReplicas));
-  command->add_option("--max-unverified-steps", o.defaults.max_unverified_steps,
-                      "Default steps a replica may run past its verified prefix")
+  command
+      ->add_option("--max-unverified-steps", o.defaults.max_unverified_steps,
+                   "Default steps a replica may run past its verified prefix")
       ->check(CLI::PositiveNumber);
-  command->add_option("--default-max-tokens", o.defaults.max_tokens,
-                      "max_tokens when a request names none")
+  command
+      ->add_option("--default-max-tokens", o.defaults.max_tokens,
+                   "max_tokens when a request names none")
       ->check(CLI::PositiveNumber);
   command->add_option("--model", args.models,
                       "Served model: ID=NUMERICS_PROFILE_HEX[:ANCHOR_SET_HEX] (repeatable)");
-  command->add_option("--quarantine-divergences", o.applier.quarantine_divergences,
-                      "Divergences after which a worker is quarantined")
+  command
+      ->add_option("--quarantine-divergences", o.applier.quarantine_divergences,
+                   "Divergences after which a worker is quarantined")
       ->check(CLI::PositiveNumber);
   command->add_option("--tick-interval-ms", args.tick_interval_ms, "Leader clock tick period")
       ->check(CLI::PositiveNumber);
-  command->add_option("--checkpoint-every", o.checkpoint_every_entries,
-                      "Ledger entries between checkpoints")
+  command
+      ->add_option("--checkpoint-every", o.checkpoint_every_entries,
+                   "Ledger entries between checkpoints")
       ->check(CLI::PositiveNumber);
-  command->add_option("--checkpoint-interval-ms", args.checkpoint_interval_ms,
-                      "Longest time between checkpoints while the ledger grows")
+  command
+      ->add_option("--checkpoint-interval-ms", args.checkpoint_interval_ms,
+                   "Longest time between checkpoints while the ledger grows")
       ->check(CLI::PositiveNumber);
-  command->add_option("--replica-deadline-ms", args.replica_deadline_ms,
-                      "A session without progress this long gets its slowest replicas re-placed")
+  command
+      ->add_option("--replica-deadline-ms", args.replica_deadline_ms,
+                   "A session without progress this long gets its slowest replicas re-placed")
       ->check(CLI::PositiveNumber);
-  command->add_option("--worker-grace-ms", args.worker_grace_ms,
-                      "A disconnected worker is lost after this long")
+  command
+      ->add_option("--worker-grace-ms", args.worker_grace_ms,
+                   "A disconnected worker is lost after this long")
       ->check(CLI::PositiveNumber);
-  command->add_option("--drain-timeout-ms", args.drain_timeout_ms,
-                      "How long a drain waits for open HTTP requests")
+  command
+      ->add_option("--drain-timeout-ms", args.drain_timeout_ms,
+                   "How long a drain waits for open HTTP requests")
       ->check(CLI::PositiveNumber);
   command->add_option("--log-level", args.log_level, "debug, info, warn or error");
   command->add_option("--log-format", args.log_format, "text or json");

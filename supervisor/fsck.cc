@@ -30,6 +30,32 @@ class Checker {
     if (report_.problems.size() < kMaxFsckProblems) report_.problems.push_back(std::move(text));
   }
 
+  // Checks one stored leaf against its token and digest, appends it to the recomputed tree and
+  // compares every stored node it completes.
+  Status CheckLeaf(const std::string& name, merkle::Frontier& tree, leaf::StepLeaf& step_leaf,
+                   const StoredLeaf& leaf, const std::string& id, uint32_t index) {
+    ++report_.leaves;
+    step_leaf.step = tree.size();
+    step_leaf.token_id = leaf.token_id;
+    step_leaf.state_digest = leaf.state_digest;
+    if (leaf::StepLeafHash(step_leaf) != leaf.leaf_hash) {
+      Problem(fmt::format("{}: leaf {} hash does not match its token and digest", name,
+                          step_leaf.step));
+    }
+    std::vector<merkle::Node> completed;
+    tree.Append(leaf.leaf_hash, &completed);
+    for (const merkle::Node& node : completed) {
+      if (node.level < kLeafChunkLevel) continue;
+      FP_ASSIGN_OR_RETURN(std::optional<std::string> stored,
+                          reader_.Get(kTrees, TreeNodeKey(id, index, node.level, node.index)));
+      if (!stored.has_value() || *stored != HashString(node.hash)) {
+        Problem(fmt::format("{}: node {}/{} differs from its recomputation", name, node.level,
+                            node.index));
+      }
+    }
+    return OkStatus();
+  }
+
   // Recomputes one replica's tree from its leaves; returns the root of the first `size` leaves.
   StatusOr<Hash> CheckReplica(const std::string& id, uint32_t index,
                               const pb::ReplicaState& replica) {
@@ -39,37 +65,27 @@ class Checker {
     leaf::StepLeaf step_leaf;
     std::copy(id.begin(), id.end(), step_leaf.session_id.begin());
     std::unique_ptr<rocksdb::Iterator> it = state_.NewIterator(kLeaves);
+    bool ended = false;  // a chunk that is not full must be the last one
     for (it->Seek(ToSlice(prefix)); it->Valid() && it->key().starts_with(ToSlice(prefix));
          it->Next()) {
-      FP_ASSIGN_OR_RETURN(uint64_t step, ParseU64(ToView(it->key()).substr(prefix.size())));
-      FP_ASSIGN_OR_RETURN(StoredLeaf leaf, DecodeStoredLeaf(ToView(it->value())));
-      ++report_.leaves;
-      if (step != tree.size()) {
-        Problem(fmt::format("{}: leaf {} out of sequence (expected {})", name, step, tree.size()));
+      FP_ASSIGN_OR_RETURN(uint64_t chunk, ParseU64(ToView(it->key()).substr(prefix.size())));
+      const std::string_view value = ToView(it->value());
+      if (ended || chunk != LeafChunkIndex(tree.size()) || value.empty() ||
+          value.size() % kLeafValueSize != 0 || value.size() > kLeafChunkSteps * kLeafValueSize) {
+        Problem(fmt::format("{}: leaf chunk {} out of sequence or malformed", name, chunk));
         break;
       }
-      step_leaf.step = step;
-      step_leaf.token_id = leaf.token_id;
-      step_leaf.state_digest = leaf.state_digest;
-      if (leaf::StepLeafHash(step_leaf) != leaf.leaf_hash) {
-        Problem(fmt::format("{}: leaf {} hash does not match its token and digest", name, step));
-      }
-      std::vector<merkle::Node> completed;
-      tree.Append(leaf.leaf_hash, &completed);
-      for (const merkle::Node& node : completed) {
-        if (node.level == 0) continue;
-        FP_ASSIGN_OR_RETURN(std::optional<std::string> stored,
-                            reader_.Get(kTrees, TreeNodeKey(id, index, node.level, node.index)));
-        if (!stored.has_value() || *stored != HashString(node.hash)) {
-          Problem(fmt::format("{}: node {}/{} differs from its recomputation", name, node.level,
-                              node.index));
-        }
+      ended = value.size() < kLeafChunkSteps * kLeafValueSize;
+      for (size_t offset = 0; offset < value.size(); offset += kLeafValueSize) {
+        FP_ASSIGN_OR_RETURN(StoredLeaf leaf,
+                            DecodeStoredLeaf(value.substr(offset, kLeafValueSize)));
+        FP_RETURN_IF_ERROR(CheckLeaf(name, tree, step_leaf, leaf, id, index));
       }
     }
     FP_RETURN_IF_ERROR(FromRocks(it->status(), "scan leaves"));
     if (tree.size() != replica.stored()) {
-      Problem(fmt::format("{}: {} leaves stored, state says {}", name, tree.size(),
-                          replica.stored()));
+      Problem(
+          fmt::format("{}: {} leaves stored, state says {}", name, tree.size(), replica.stored()));
       return tree.Root();
     }
     StatusOr<merkle::Frontier> frontier = FrontierFromBytes(replica.stored(), replica.frontier());
@@ -98,9 +114,9 @@ class Checker {
     if (!first_root.has_value() || HashString(*first_root) != session.session_root()) {
       Problem(name + ": recorded session root differs from the recomputed root");
     }
-    FP_ASSIGN_OR_RETURN(std::optional<pb::LedgerEntry> entry,
-                        reader_.GetMessage<pb::LedgerEntry>(
-                            kLedger, LedgerEntryKey(session.ledger_index())));
+    FP_ASSIGN_OR_RETURN(
+        std::optional<pb::LedgerEntry> entry,
+        reader_.GetMessage<pb::LedgerEntry>(kLedger, LedgerEntryKey(session.ledger_index())));
     if (!entry.has_value() || !entry->has_session() ||
         entry->session().session_root() != session.session_root() ||
         entry->session().session_id() != id) {

@@ -137,10 +137,10 @@ void GenerationLoop::Apply(AssignOrder order) {
     if (known.replica != order.replica) {
       Report(id, FailedPreconditionError("this worker already runs replica " +
                                          std::to_string(known.replica) + " of the session"));
-    } else if (order.epoch > known.epoch || known.abandoned) {
+    } else if (order.epoch > known.epoch) {
       Restart(id, known, order);
     }
-    return;  // otherwise a resend of work the loop already runs
+    return;  // otherwise a resend of work the loop already runs (or dropped)
   }
   const auto active = std::count_if(replicas_.begin(), replicas_.end(), [](const auto& entry) {
     return !entry.second.abandoned && !entry.second.finished;

@@ -146,6 +146,7 @@ void LoopbackSupervisor::OnLeafBatch(const std::shared_ptr<wire::Connection>& co
       const ByteSpan digest = wire::LeafDigest(batch, static_cast<size_t>(i));
       std::copy(digest.begin(), digest.end(), step_leaf.state_digest.begin());
       replica.leaves.push_back(step_leaf);
+      replica.tree.Append(leaf::StepLeafHash(step_leaf), nullptr);
     }
     if (batch.last()) {
       replica.finished = true;
@@ -175,7 +176,9 @@ wire::pb::Envelope LoopbackSupervisor::CommitEnvelope(const std::string& session
   wire::pb::Commit* commit = envelope.mutable_commit();
   commit->set_session_id(session);
   commit->set_verified_steps(replica.verified_steps);
-  const Hash root = RootOf(replica.leaves, replica.verified_steps);
+  const Hash root = replica.verified_steps == replica.tree.size()
+                        ? replica.tree.Root()
+                        : RootOf(replica.leaves, replica.verified_steps);
   commit->set_verified_root(std::string(root.begin(), root.end()));
   if (options_.verify_sessions && replica.finished &&
       replica.verified_steps == replica.leaves.size() &&
@@ -210,6 +213,10 @@ Status LoopbackSupervisor::Rollback(const SessionId& session, uint64_t to_step,
   Replica& replica = it->second;
   replica.assign.set_epoch(replica.assign.epoch() + 1);
   replica.leaves.resize(std::min<uint64_t>(replica.leaves.size(), to_step));
+  replica.tree = merkle::Frontier();
+  for (const leaf::StepLeaf& kept : replica.leaves) {
+    replica.tree.Append(leaf::StepLeafHash(kept), nullptr);
+  }
   replica.verified_steps = std::min<uint64_t>(replica.verified_steps, to_step);
   replica.finished = false;
   replica.claimed_root.clear();

@@ -30,6 +30,7 @@
 
 #include "common/base/status.h"
 #include "common/leaf/step_leaf.h"
+#include "common/merkle/merkle.h"
 #include "common/wire/connection.h"
 
 namespace fp::node::worker {
@@ -48,6 +49,7 @@ class LoopbackSupervisor {
     wire::pb::Assign assign;                     // as last sent (its epoch is the current one)
     std::optional<wire::pb::Rollback> rollback;  // the latest order, resent on registration
     std::vector<leaf::StepLeaf> leaves;          // accepted leaves, in step order
+    merkle::Frontier tree;                       // over `leaves`, for Commit roots
     uint64_t verified_steps = 0;
     bool finished = false;
     std::string claimed_root;  // the last batch's session root

@@ -10,6 +10,9 @@
 
 #include <thread>
 
+#include <boost/asio/connect.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/write.hpp>
 #include <gtest/gtest.h>
 
 #include "common/merkle/merkle.h"
@@ -144,8 +147,29 @@ class WorkerTest : public ::testing::Test {
   std::unique_ptr<Worker> worker_;
 };
 
+// GET /metrics over plain HTTP/1.0 on 127.0.0.1:port; the whole response.
+std::string FetchMetrics(uint16_t port) {
+  boost::asio::io_context io;
+  boost::asio::ip::tcp::socket socket(io);
+  boost::system::error_code error;
+  socket.connect({boost::asio::ip::make_address("127.0.0.1"), port}, error);
+  if (error) return "";
+  const std::string request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+  boost::asio::write(socket, boost::asio::buffer(request), error);
+  std::string response;
+  char buffer[4096];
+  while (true) {
+    const size_t n = socket.read_some(boost::asio::buffer(buffer), error);
+    response.append(buffer, n);
+    if (error) break;
+  }
+  return response;
+}
+
 TEST_F(WorkerTest, StreamsTheLeavesOfAPlainEngineRun) {
-  ASSERT_NO_FATAL_FAILURE(StartWorker(Config()));
+  WorkerConfig config = Config();
+  config.metrics_address = "127.0.0.1:0";
+  ASSERT_NO_FATAL_FAILURE(StartWorker(config));
   ASSERT_OK(supervisor_->Assign(MakeAssign(1, 24, 8)));
   ASSERT_TRUE(WaitFinished(1));
   const std::vector<leaf::StepLeaf> expected = Expected(1, 24);
@@ -163,6 +187,10 @@ TEST_F(WorkerTest, StreamsTheLeavesOfAPlainEngineRun) {
   const std::string metrics = metrics::RenderText(*registry_);
   EXPECT_NE(metrics.find("fieldprint_worker_tokens_generated_total 24"), std::string::npos);
   EXPECT_NE(metrics.find("fieldprint_worker_commit_root_mismatches_total 0"), std::string::npos);
+  ASSERT_NE(worker_->metrics_port(), 0);
+  const std::string served = FetchMetrics(worker_->metrics_port());
+  EXPECT_NE(served.find("200 OK"), std::string::npos);
+  EXPECT_NE(served.find("fieldprint_worker_tokens_generated_total 24"), std::string::npos);
 }
 
 TEST_F(WorkerTest, BackpressureHoldsTheReplicaAtTheUnverifiedWindow) {

@@ -131,7 +131,8 @@ StatusOr<std::optional<double>> GetNumber(const json::object& object, std::strin
 StatusOr<std::optional<std::string>> GetString(const json::object& object, std::string_view key) {
   const json::value* value = object.if_contains(key);
   if (value == nullptr || value->is_null()) return std::optional<std::string>();
-  if (!value->is_string()) return InvalidArgumentError(fmt::format("{}: a string is required", key));
+  if (!value->is_string())
+    return InvalidArgumentError(fmt::format("{}: a string is required", key));
   return std::optional<std::string>(std::string(value->get_string()));
 }
 
@@ -143,8 +144,8 @@ Status GetTokens(const json::object& object, std::string_view key,
     return InvalidArgumentError(fmt::format("{}: an array of token ids is required", key));
   }
   if (value->get_array().size() > wire::kMaxSessionTokens) {
-    return InvalidArgumentError(fmt::format("{}: more than {} tokens", key,
-                                            wire::kMaxSessionTokens));
+    return InvalidArgumentError(
+        fmt::format("{}: more than {} tokens", key, wire::kMaxSessionTokens));
   }
   for (const json::value& token : value->get_array()) {
     std::optional<uint64_t> id;
@@ -188,8 +189,8 @@ Status ReadSessionFields(const json::object& object, const SessionDefaults& defa
   FP_ASSIGN_OR_RETURN(std::string profile,
                       GetHash(object, "numerics_profile", fallback.numerics_profile));
   if (profile.empty()) {
-    return InvalidArgumentError(fmt::format(
-        "numerics_profile is required: model '{}' has no configured profile", *model));
+    return InvalidArgumentError(
+        fmt::format("numerics_profile is required: model '{}' has no configured profile", *model));
   }
   request.set_numerics_profile(profile);
   const std::string no_anchors =
@@ -243,8 +244,7 @@ Status ReadCompletionPrompt(const json::object& object, pb::SessionRequest& requ
         "prompt: the supervisor has no tokenizer; send the prompt as an array of token ids");
   }
   json::object shim;
-  if (prompt->is_array() && prompt->get_array().size() == 1 &&
-      prompt->get_array()[0].is_array()) {
+  if (prompt->is_array() && prompt->get_array().size() == 1 && prompt->get_array()[0].is_array()) {
     shim["prompt"] = prompt->get_array()[0];
   } else {
     shim["prompt"] = *prompt;
@@ -406,8 +406,8 @@ ApiAction Api::Handle(const HttpRequest& request) const {
     return reply(Consistency(query));
   }
   const bool session_route = s.size() >= 3 && s[1] == "sessions";
-  const bool ledger_route = s.size() == 5 && s[1] == "ledger" && s[2] == "proof" &&
-                            s[3] == "session";
+  const bool ledger_route =
+      s.size() == 5 && s[1] == "ledger" && s[2] == "proof" && s[3] == "session";
   if (!session_route && !ledger_route) return reply(ErrorReply(NotFoundError("no such route")));
   StatusOr<std::string> id = ParseSessionIdText(ledger_route ? s[4] : s[2]);
   if (!id.ok()) return reply(ErrorReply(id.status()));
@@ -428,10 +428,10 @@ ApiAction Api::SubmitSession(const HttpRequest& request) const {
   };
   StatusOr<json::object> object = ParseObject(request.body);
   if (!object.ok()) return fail(object.status());
-  Status keys = CheckKeys(*object, {"model", "prompt_token_ids", "max_tokens", "temperature",
-                                    "top_p", "top_k", "seed", "stop_token_ids", "replicas",
-                                    "numerics_profile", "anchor_set_hash", "digest_scope",
-                                    "quantize_bits", "max_unverified_steps"});
+  Status keys = CheckKeys(
+      *object, {"model", "prompt_token_ids", "max_tokens", "temperature", "top_p", "top_k", "seed",
+                "stop_token_ids", "replicas", "numerics_profile", "anchor_set_hash", "digest_scope",
+                "quantize_bits", "max_unverified_steps"});
   if (!keys.ok()) return fail(keys);
   pb::LogRecord record;
   pb::SessionRequest& session = *record.mutable_admit()->mutable_request();

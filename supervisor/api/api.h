@@ -86,9 +86,9 @@ struct ApiAction {
 };
 
 struct PollResult {
-  std::string chunk;                // stream bytes to write now (may be empty)
-  std::optional<HttpReply> reply;   // kCompletion: the reply, once there is one
-  bool done = false;                // the follow is over
+  std::string chunk;               // stream bytes to write now (may be empty)
+  std::optional<HttpReply> reply;  // kCompletion: the reply, once there is one
+  bool done = false;               // the follow is over
 };
 
 // Defaults for submitted sessions; every supervisor of a cluster should share them.
@@ -105,8 +105,8 @@ struct SessionDefaults {
 };
 
 struct ApiContext {
-  const RocksStore* state = nullptr;  // borrowed: the applied state
-  const Log* log = nullptr;           // borrowed: End() for readiness
+  const RocksStore* state = nullptr;               // borrowed: the applied state
+  const Log* log = nullptr;                        // borrowed: End() for readiness
   const prometheus::Registry* registry = nullptr;  // borrowed; null serves no /metrics
   std::string origin;                              // the ledger's checkpoint origin
   std::optional<tlog::NoteVerifier> verifier;      // verifies bundles before they are served

@@ -3,11 +3,10 @@
 // bad requests get 4xx JSON errors.
 #include "supervisor/api/api.h"
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <boost/json.hpp>
 #include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "common/leaf/step_leaf.h"
 #include "common/merkle/merkle.h"
@@ -230,13 +229,14 @@ TEST_F(ApiTest, ProofsVerifyWithIndependentChecks) {
   ApiAction bundle = Call(verb::get, "/v1/sessions/" + hex + "/bundle");
   ASSERT_EQ(bundle.reply.status, 200u) << bundle.reply.body;
   ASSERT_OK_AND_ASSIGN(tlog::ProofBundle parsed, tlog::ParseProofBundle(bundle.reply.body));
-  EXPECT_OK(tlog::VerifyProofBundle(parsed, merkle::LeafHash(parsed.extra),
-                                    std::span(&verifier, 1), kOrigin)
+  EXPECT_OK(tlog::VerifyProofBundle(parsed, merkle::LeafHash(parsed.extra), std::span(&verifier, 1),
+                                    kOrigin)
                 .status());
 
   json::value record = ParseJson(Call(verb::get, "/v1/ledger/proof/session/" + hex).reply.body);
   EXPECT_EQ(record.at("index").as_int64(), 1);  // after the anchor set's record
-  json::value consistency = ParseJson(Call(verb::get, "/v1/ledger/consistency?from=1&to=2").reply.body);
+  json::value consistency =
+      ParseJson(Call(verb::get, "/v1/ledger/consistency?from=1&to=2").reply.body);
   EXPECT_EQ(consistency.at("to_root").as_string(), record.at("root").as_string());
 }
 

@@ -90,8 +90,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         error == http::error::buffer_overflow) {
       keep_alive_ = false;
       version_ = 11;
-      HttpReply reply = Api::ErrorReply(ResourceExhaustedError(
-          error == http::error::body_limit ? "request body too large" : "request header too large"));
+      HttpReply reply = Api::ErrorReply(ResourceExhaustedError(error == http::error::body_limit
+                                                                   ? "request body too large"
+                                                                   : "request header too large"));
       reply.status = error == http::error::body_limit ? 413 : 431;
       return WriteReply(reply);
     }
@@ -103,8 +104,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     head_ = request.method() == http::verb::head;
     started_ = Clock::now();
     kind_ = ProofRouteKind(request.target());
-    action_ = api_.Handle(HttpRequest{request.method(), std::string(request.target()),
-                                      std::move(request.body())});
+    action_ = api_.Handle(
+        HttpRequest{request.method(), std::string(request.target()), std::move(request.body())});
     if (!action_.append.has_value()) return Proceed();
     auto self = shared_from_this();
     log_.Append(std::move(*action_.append), [self](StatusOr<uint64_t> position) {
@@ -210,13 +211,13 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     }
     chunk_ = std::move(result.chunk);
     stream_.expires_after(options_.write_timeout);
-    asio::async_write(stream_, http::make_chunk(asio::buffer(chunk_)),
-                      [self = shared_from_this(), done = result.done](beast::error_code error,
-                                                                      size_t) {
-                        if (error) return;
-                        if (done) return self->WriteLastChunk();
-                        self->WaitThen(&HttpSession::PollStream);
-                      });
+    asio::async_write(
+        stream_, http::make_chunk(asio::buffer(chunk_)),
+        [self = shared_from_this(), done = result.done](beast::error_code error, size_t) {
+          if (error) return;
+          if (done) return self->WriteLastChunk();
+          self->WaitThen(&HttpSession::PollStream);
+        });
   }
 
   void WriteLastChunk() {
@@ -232,8 +233,8 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
 
   beast::tcp_stream stream_;
   asio::steady_timer timer_;
-  const Api& api_;  // borrowed
-  Log& log_;        // borrowed
+  const Api& api_;                    // borrowed
+  Log& log_;                          // borrowed
   const HttpServerOptions& options_;  // borrowed from the server, which outlives sessions
   const HttpMetrics& metrics_;        // borrowed likewise
   const std::atomic<bool>* draining_;
@@ -287,8 +288,7 @@ HttpServer::HttpServer(asio::io_context& io, const Api& api, Log& log,
       registry_(std::make_shared<HttpSessionRegistry>()) {}
 
 StatusOr<std::shared_ptr<HttpServer>> HttpServer::Start(asio::io_context& io, const Api& api,
-                                                        Log& log,
-                                                        const HttpServerOptions& options,
+                                                        Log& log, const HttpServerOptions& options,
                                                         HttpMetrics metrics,
                                                         const std::atomic<bool>* draining) {
   beast::error_code error;
@@ -310,24 +310,22 @@ StatusOr<std::shared_ptr<HttpServer>> HttpServer::Start(asio::io_context& io, co
 }
 
 void HttpServer::DoAccept() {
-  acceptor_.async_accept(
-      asio::make_strand(io_), [self = shared_from_this()](beast::error_code error,
-                                                           tcp::socket socket) {
-        if (error == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
-        if (!error) {
-          if (self->open_->load() >= kMaxHttpConnections) {
-            beast::error_code ignored;
-            socket.close(ignored);
-          } else {
-            ++*self->open_;
-            std::make_shared<HttpSession>(std::move(socket), self->api_, self->log_,
-                                          self->options_, self->metrics_, self->draining_,
-                                          self->open_, self->registry_)
-                ->Start();
-          }
-        }
-        self->DoAccept();
-      });
+  acceptor_.async_accept(asio::make_strand(io_), [self = shared_from_this()](
+                                                     beast::error_code error, tcp::socket socket) {
+    if (error == asio::error::operation_aborted || !self->acceptor_.is_open()) return;
+    if (!error) {
+      if (self->open_->load() >= kMaxHttpConnections) {
+        beast::error_code ignored;
+        socket.close(ignored);
+      } else {
+        ++*self->open_;
+        std::make_shared<HttpSession>(std::move(socket), self->api_, self->log_, self->options_,
+                                      self->metrics_, self->draining_, self->open_, self->registry_)
+            ->Start();
+      }
+    }
+    self->DoAccept();
+  });
 }
 
 void HttpServer::Stop() {

@@ -41,18 +41,18 @@ inline constexpr std::chrono::seconds kMaxFollowDuration{900};
 struct HttpSessionRegistry {
   std::mutex mutex;
   std::map<uint64_t, std::function<void()>> closers;  // guarded by mutex
-  uint64_t next_id = 0;                                // guarded by mutex
+  uint64_t next_id = 0;                               // guarded by mutex
 };
 
 // Metrics the server records; any pointer may be null.
 struct HttpMetrics {
-  prometheus::Family<prometheus::Counter>* proof_requests = nullptr;     // label kind
-  prometheus::Family<prometheus::Histogram>* proof_latency = nullptr;    // label kind
+  prometheus::Family<prometheus::Counter>* proof_requests = nullptr;   // label kind
+  prometheus::Family<prometheus::Histogram>* proof_latency = nullptr;  // label kind
 };
 
 struct HttpServerOptions {
   std::string address = "127.0.0.1";
-  uint16_t port = 0;  // 0 picks a free port
+  uint16_t port = 0;                                // 0 picks a free port
   std::chrono::milliseconds read_timeout{10'000};   // one whole request
   std::chrono::milliseconds write_timeout{10'000};  // one reply or one stream chunk
 };

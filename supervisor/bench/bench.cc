@@ -1,8 +1,6 @@
 // Supervisor load benchmarks; see bench.h.
 #include "supervisor/bench/bench.h"
 
-#include <stdlib.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +11,8 @@
 #include <boost/json.hpp>
 #include <fmt/format.h>
 #include <prometheus/registry.h>
+#include <pthread.h>
+#include <stdlib.h>
 
 #include "common/base/log.h"
 #include "common/cli.h"
@@ -21,6 +21,7 @@
 #include "common/wire/tls.h"
 #include "supervisor/bench/bench_worker.h"
 #include "supervisor/bench/http_client.h"
+#include "supervisor/log/rocksdb_log.h"
 #include "supervisor/runtime/supervisor.h"
 
 namespace fp::supervisor {
@@ -95,7 +96,10 @@ class BenchCluster {
     options.defaults.models["bench"] = {std::string(32, 'n'), std::string(32, '\0')};
     FP_ASSIGN_OR_RETURN(supervisor_, Supervisor::Start(options, registry_));
     work_.emplace(boost::asio::make_work_guard(io_));
-    client_thread_ = std::thread([this] { io_.run(); });
+    client_thread_ = std::thread([this] {
+      pthread_setname_np(pthread_self(), "fp-bench-client");
+      io_.run();
+    });
     for (uint32_t w = 0; w < args.workers; ++w) {
       const std::string name = fmt::format("bench-{}", w);
       FP_ASSIGN_OR_RETURN(auto tls, wire::MakeClientTlsContext(
@@ -188,17 +192,47 @@ class BenchCluster {
   std::unique_ptr<HttpClient> http_;
 };
 
-void Sleep(double seconds) {
-  std::this_thread::sleep_for(std::chrono::duration<double>(seconds));
-}
+void Sleep(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
 
 void PrintTable(const std::vector<std::pair<std::string, std::string>>& rows) {
-  for (const auto& [name, value] : rows) std::fprintf(stderr, "%-34s %s\n", name.c_str(), value.c_str());
+  for (const auto& [name, value] : rows)
+    std::fprintf(stderr, "%-34s %s\n", name.c_str(), value.c_str());
+}
+
+double LoadAverage() {
+  std::ifstream loadavg("/proc/loadavg");
+  double one_minute = 0;
+  loadavg >> one_minute;
+  return one_minute;
+}
+
+// The baseline, measured in the same run on the same disk: appends one at a time, each waiting
+// for its own synced write (what the log would do without group commit).
+StatusOr<double> SequentialSyncedAppendsPerSecond(double seconds) {
+  char pattern[] = "/tmp/fieldprint-bench-baseline-XXXXXX";
+  if (mkdtemp(pattern) == nullptr) return UnavailableError("cannot create a temporary directory");
+  const std::filesystem::path dir = pattern;
+  uint64_t appended = 0;
+  double elapsed = 0;
+  {
+    FP_ASSIGN_OR_RETURN(std::unique_ptr<RocksLog> log, RocksLog::Open((dir / "log").string()));
+    const auto start = Clock::now();
+    while ((elapsed = std::chrono::duration<double>(Clock::now() - start).count()) < seconds) {
+      pb::LogRecord record;
+      record.mutable_tick()->set_unix_ms(appended);
+      FP_RETURN_IF_ERROR(AppendAndWait(*log, std::move(record)).status());
+      ++appended;
+    }
+  }
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  return static_cast<double>(appended) / elapsed;
 }
 
 json::object Environment(const BenchArgs& args) {
   json::object env;
   env["cpu"] = CpuModel();
+  env["load_average_1m"] = LoadAverage();
   env["cores"] = std::thread::hardware_concurrency();
   env["seconds"] = args.seconds;
   env["workers"] = args.workers;
@@ -209,6 +243,8 @@ json::object Environment(const BenchArgs& args) {
 
 Status RunIngest(const BenchArgs& args) {
   InitLogging(LogLevel::kWarn, LogFormat::kText);
+  json::object result = Environment(args);
+  FP_ASSIGN_OR_RETURN(const double sequential, SequentialSyncedAppendsPerSecond(1.0));
   BenchCluster cluster;
   FP_RETURN_IF_ERROR(cluster.Start(args, 4096));
   FP_RETURN_IF_ERROR(cluster.Submit(args.sessions, wire::kMaxSessionTokens).status());
@@ -226,8 +262,9 @@ Status RunIngest(const BenchArgs& args) {
   cluster.StopWorkers();
   const double elapsed = std::chrono::duration<double>(t1 - t0).count();
   std::vector<double> latencies = cluster.Latencies(t0, t1);
-  json::object result = Environment(args);
   result["benchmark"] = "supervisor_ingest";
+  result["baseline_sequential_synced_appends_per_second"] = sequential;
+  result["baseline_leaves_per_second"] = sequential * args.batch_steps;
   result["sessions"] = args.sessions;
   result["batch_steps"] = args.batch_steps;
   result["in_flight_batches_per_worker"] = args.in_flight;
@@ -239,14 +276,15 @@ Status RunIngest(const BenchArgs& args) {
   result["acks_sampled"] = latencies.size();
   result["worker_errors"] = errors;
   std::printf("%s\n", json::serialize(result).c_str());
-  PrintTable({{"leaves acked per second", fmt::format("{:.0f}", result["leaves_per_second"].as_double())},
-              {"leaves applied per second",
-               fmt::format("{:.0f}", result["applied_leaves_per_second"].as_double())},
-              {"ack latency p50 / p99 (ms)",
-               fmt::format("{:.2f} / {:.2f}", 1e3 * Percentile(latencies, 0.5),
-                           1e3 * Percentile(latencies, 0.99))},
-              {"apply lag at end (records)", std::to_string(lag)},
-              {"worker errors", std::to_string(errors)}});
+  PrintTable(
+      {{"leaves acked per second", fmt::format("{:.0f}", result["leaves_per_second"].as_double())},
+       {"leaves applied per second",
+        fmt::format("{:.0f}", result["applied_leaves_per_second"].as_double())},
+       {"ack latency p50 / p99 (ms)",
+        fmt::format("{:.2f} / {:.2f}", 1e3 * Percentile(latencies, 0.5),
+                    1e3 * Percentile(latencies, 0.99))},
+       {"apply lag at end (records)", std::to_string(lag)},
+       {"worker errors", std::to_string(errors)}});
   cluster.Stop();
   return errors == 0 ? OkStatus() : InternalError("workers reported errors");
 }
@@ -263,9 +301,9 @@ StatusOr<std::vector<double>> ProofClient(uint16_t port, const std::vector<std::
     const std::string& id = ids[random() % ids.size()];
     const uint64_t step = random() % steps;
     const auto start = Clock::now();
-    FP_ASSIGN_OR_RETURN(HttpResponse response,
-                        client.Request(verb::get, fmt::format("/v1/sessions/{}/proof/step/{}",
-                                                              id, step)));
+    FP_ASSIGN_OR_RETURN(
+        HttpResponse response,
+        client.Request(verb::get, fmt::format("/v1/sessions/{}/proof/step/{}", id, step)));
     latencies.push_back(std::chrono::duration<double>(Clock::now() - start).count());
     if (response.status != 200) {
       return InternalError(fmt::format("proof: {} {}", response.status, response.body));
@@ -323,11 +361,10 @@ Status RunProofs(const BenchArgs& args) {
   result["latency_p50_seconds"] = Percentile(latencies, 0.50);
   result["latency_p99_seconds"] = Percentile(latencies, 0.99);
   std::printf("%s\n", json::serialize(result).c_str());
-  PrintTable({{"step proofs per second",
-               fmt::format("{:.0f}", result["requests_per_second"].as_double())},
-              {"latency p50 / p99 (ms)", fmt::format("{:.3f} / {:.3f}",
-                                                     1e3 * Percentile(latencies, 0.5),
-                                                     1e3 * Percentile(latencies, 0.99))}});
+  PrintTable(
+      {{"step proofs per second", fmt::format("{:.0f}", result["requests_per_second"].as_double())},
+       {"latency p50 / p99 (ms)", fmt::format("{:.3f} / {:.3f}", 1e3 * Percentile(latencies, 0.5),
+                                              1e3 * Percentile(latencies, 0.99))}});
   cluster.Stop();
   return OkStatus();
 }

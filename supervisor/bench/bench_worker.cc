@@ -74,9 +74,9 @@ void BenchWorker::Start() {
   };
   wire::ConnectionOptions connection_options;
   connection_options.max_send_queue_frames = wire::kMaxSendQueueFrames;
-  connection_ = wire::Connection::Connect(io_, tls_, options_.host, options_.port,
-                                          options_.server_name, std::move(handlers),
-                                          connection_options);
+  connection_ =
+      wire::Connection::Connect(io_, tls_, options_.host, options_.port, options_.server_name,
+                                std::move(handlers), connection_options);
   connection_->Start();
 }
 
@@ -92,7 +92,8 @@ void BenchWorker::OnEnvelope(const std::shared_ptr<wire::Connection>&,
       break;
     case wire::pb::Envelope::kAck: {
       const wire::pb::Ack& ack = envelope.ack();
-      auto it = sent_.find(BatchKey(ack.session_id(), ack.replica(), ack.epoch(), ack.first_step()));
+      auto it =
+          sent_.find(BatchKey(ack.session_id(), ack.replica(), ack.epoch(), ack.first_step()));
       if (it != sent_.end()) {
         const auto now = Clock::now();
         if (samples_.size() < kMaxLatencySamples) {

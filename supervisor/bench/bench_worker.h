@@ -82,20 +82,19 @@ class BenchWorker {
     merkle::Frontier tree;
   };
 
-  void OnEnvelope(const std::shared_ptr<wire::Connection>& connection,
-                  wire::pb::Envelope envelope);
+  void OnEnvelope(const std::shared_ptr<wire::Connection>& connection, wire::pb::Envelope envelope);
   void OnAssign(const wire::pb::Assign& assign);
   void OnRollback(const wire::pb::Rollback& rollback);
   void Pump();
   bool SendBatch(Task& task);
   Hash LeafHash(const Task& task, uint64_t step, const Hash& digest) const;
 
-  boost::asio::io_context& io_;      // borrowed
-  boost::asio::ssl::context& tls_;   // borrowed
+  boost::asio::io_context& io_;     // borrowed
+  boost::asio::ssl::context& tls_;  // borrowed
   const BenchWorkerOptions options_;
   std::shared_ptr<wire::Connection> connection_;
   // Strand-only state.
-  std::map<std::string, Task> tasks_;  // session || replica
+  std::map<std::string, Task> tasks_;                                  // session || replica
   std::map<std::string, std::chrono::steady_clock::time_point> sent_;  // idempotent key
   size_t in_flight_ = 0;
   std::vector<std::pair<double, std::chrono::steady_clock::time_point>> samples_;

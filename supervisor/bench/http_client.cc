@@ -61,9 +61,9 @@ StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string&
     if (error) {
       stream_.reset();
       // A kept-alive connection the server closed fails at once: retry once on a fresh one.
-      if (attempt == 0 && (error == http::error::end_of_stream ||
-                           error == boost::asio::error::connection_reset ||
-                           error == boost::asio::error::broken_pipe)) {
+      if (attempt == 0 &&
+          (error == http::error::end_of_stream || error == boost::asio::error::connection_reset ||
+           error == boost::asio::error::broken_pipe)) {
         continue;
       }
       if (error == beast::error::timeout) return DeadlineExceededError("http request timed out");

@@ -1,15 +1,14 @@
 // Checkpoint signing; see checkpoints.h.
 #include "supervisor/ledger/checkpoints.h"
 
-#include <fcntl.h>
-#include <sys/stat.h>
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <sstream>
 
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/merkle/merkle.h"
 #include "supervisor/state/state.pb.h"
@@ -54,9 +53,9 @@ StatusOr<tlog::NoteSigner> LoadOrCreateSigner(const std::string& path, std::stri
   StatusOr<tlog::NoteSigner> signer = tlog::NoteSigner::Parse(key);
   if (!signer.ok()) return signer.status().WithContext(path);
   if (signer->name() != origin) {
-    return FailedPreconditionError(fmt::format(
-        "{} signs for origin '{}', but the configured origin is '{}'", path, signer->name(),
-        origin));
+    return FailedPreconditionError(
+        fmt::format("{} signs for origin '{}', but the configured origin is '{}'", path,
+                    signer->name(), origin));
   }
   return signer;
 }
@@ -73,7 +72,8 @@ StatusOr<SignedCheckpoint> SignedCheckpointAt(const StateReader& reader, uint64_
   StatusOr<tlog::ParsedNote> parsed = tlog::ParseNote(*note);
   if (!parsed.ok()) return DataLossError("stored checkpoint note: " + parsed.status().ToString());
   StatusOr<tlog::Checkpoint> checkpoint = tlog::ParseCheckpoint(parsed->text);
-  if (!checkpoint.ok()) return DataLossError("stored checkpoint: " + checkpoint.status().ToString());
+  if (!checkpoint.ok())
+    return DataLossError("stored checkpoint: " + checkpoint.status().ToString());
   return SignedCheckpoint{std::move(*checkpoint), std::move(*note)};
 }
 
@@ -112,7 +112,8 @@ StatusOr<size_t> CheckpointSigner::SignPending() {
     // Pair the checks: the body's root must be what the stored nodes give ...
     FP_ASSIGN_OR_RETURN(Hash recomputed, merkle::RootAt(nodes, body.size()));
     if (recomputed != root) {
-      return DataLossError(fmt::format("checkpoint {} root differs from the stored ledger", body.size()));
+      return DataLossError(
+          fmt::format("checkpoint {} root differs from the stored ledger", body.size()));
     }
     // ... and it must extend the previous signed checkpoint (every tree extends the empty one).
     if (previous.has_value() && previous->checkpoint.size > 0) {
@@ -122,15 +123,16 @@ StatusOr<size_t> CheckpointSigner::SignPending() {
       Status consistent =
           merkle::VerifyConsistency(before.size, body.size(), proof, before.root, root);
       if (!consistent.ok()) {
-        return DataLossError(fmt::format("checkpoint {} is not consistent with signed checkpoint "
-                                         "{}: {}",
-                                         body.size(), before.size, consistent.ToString()));
+        return DataLossError(
+            fmt::format("checkpoint {} is not consistent with signed checkpoint "
+                        "{}: {}",
+                        body.size(), before.size, consistent.ToString()));
       }
     }
     tlog::Checkpoint checkpoint{origin_, body.size(), root, {}};
-    FP_ASSIGN_OR_RETURN(std::string note,
-                        tlog::SignCheckpoint(checkpoint, std::span<const tlog::NoteSigner>(
-                                                             &signer_, 1)));
+    FP_ASSIGN_OR_RETURN(
+        std::string note,
+        tlog::SignCheckpoint(checkpoint, std::span<const tlog::NoteSigner>(&signer_, 1)));
     rocksdb::WriteBatch batch;
     batch.Put(state_->handle(kSigned), U64Key(body.size()), note);
     rocksdb::WriteOptions synced;

@@ -92,8 +92,8 @@ TEST_F(LedgerTest, StepProofsVerifyAgainstTheSessionRoot) {
   EXPECT_TRUE(first.session_verified);
   for (uint64_t step = 0; step < first.size; ++step) {
     ASSERT_OK_AND_ASSIGN(StepProof proof, ProveStep(reader, session_, step));
-    EXPECT_OK(merkle::VerifyInclusion(proof.leaf.leaf_hash, step, proof.size, proof.proof,
-                                      proof.root));
+    EXPECT_OK(
+        merkle::VerifyInclusion(proof.leaf.leaf_hash, step, proof.size, proof.proof, proof.root));
   }
   EXPECT_THAT(ProveStep(reader, session_, first.size), StatusIs(StatusCode::kFailedPrecondition));
   EXPECT_THAT(ProveStep(reader, std::string(16, 'z'), 0), StatusIs(StatusCode::kNotFound));
@@ -148,10 +148,15 @@ TEST_F(LedgerTest, FsckIsCleanOnAnHonestStore) {
 TEST_F(LedgerTest, TamperedLeafIsFoundByFsckAndBreaksItsProof) {
   DbStateReader reader(state_.get());
   ASSERT_OK_AND_ASSIGN(StepProof proof, ProveStep(reader, session_, 1));
+  // Rewrite step 1 inside its chunk (a 16-leaf value).
+  const std::string key = LeafChunkKey(session_, proof.replica, LeafChunkIndex(1));
+  ASSERT_OK_AND_ASSIGN(std::optional<std::string> chunk, reader.Get(kLeaves, key));
+  ASSERT_TRUE(chunk.has_value());
   StoredLeaf leaf = proof.leaf;
   leaf.state_digest[0] ^= 1;
   leaf.leaf_hash[0] ^= 1;
-  Corrupt(kLeaves, LeafKey(session_, proof.replica, 1), EncodeStoredLeaf(leaf));
+  chunk->replace(1 * kLeafValueSize, kLeafValueSize, EncodeStoredLeaf(leaf));
+  Corrupt(kLeaves, key, *chunk);
   ASSERT_OK_AND_ASSIGN(FsckReport report, Fsck(*state_));
   EXPECT_FALSE(report.clean());
   EXPECT_THAT(ProveStep(reader, session_, 1), StatusIs(StatusCode::kDataLoss));

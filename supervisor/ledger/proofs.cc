@@ -45,10 +45,9 @@ StatusOr<StepProof> ProveStep(const StateReader& reader, const std::string& sess
   if (result.session_verified && HashString(result.root) != state->session_root()) {
     return DataLossError("stored session tree does not give the recorded session root");
   }
-  FP_ASSIGN_OR_RETURN(std::optional<std::string> leaf,
-                      reader.Get(kLeaves, LeafKey(session, *source, step)));
-  if (!leaf.has_value()) return DataLossError("verified leaf missing");
-  FP_ASSIGN_OR_RETURN(result.leaf, DecodeStoredLeaf(*leaf));
+  StatusOr<StoredLeaf> leaf = nodes.ReadLeaf(step);
+  if (!leaf.ok()) return DataLossError("verified leaf missing: " + leaf.status().ToString());
+  result.leaf = *leaf;
   FP_ASSIGN_OR_RETURN(result.proof, merkle::InclusionProof(nodes, step, result.size));
   FP_RETURN_IF_ERROR(AsDataLoss(
       merkle::VerifyInclusion(result.leaf.leaf_hash, step, result.size, result.proof, result.root),
@@ -82,10 +81,10 @@ StatusOr<LedgerProof> ProveSessionRecord(const RocksStore& state, const std::str
   result.entry = std::move(*entry);
   LedgerNodeReader nodes(&reader);
   FP_ASSIGN_OR_RETURN(result.proof, merkle::InclusionProof(nodes, result.index, checkpoint.size));
-  FP_RETURN_IF_ERROR(AsDataLoss(merkle::VerifyInclusion(merkle::LeafHash(AsBytes(result.entry)),
-                                                        result.index, checkpoint.size,
-                                                        result.proof, checkpoint.root),
-                                "ledger inclusion proof"));
+  FP_RETURN_IF_ERROR(
+      AsDataLoss(merkle::VerifyInclusion(merkle::LeafHash(AsBytes(result.entry)), result.index,
+                                         checkpoint.size, result.proof, checkpoint.root),
+                 "ledger inclusion proof"));
   return result;
 }
 
@@ -93,8 +92,8 @@ StatusOr<ConsistencyProofResult> ProveConsistency(const RocksStore& state, uint6
                                                   uint64_t to) {
   FP_ASSIGN_OR_RETURN(SignedCheckpoint latest, LatestSignedCheckpoint(state));
   if (from == 0 || from > to || to > latest.checkpoint.size) {
-    return InvalidArgumentError(fmt::format("need 0 < from <= to <= {} (the latest checkpoint)",
-                                            latest.checkpoint.size));
+    return InvalidArgumentError(
+        fmt::format("need 0 < from <= to <= {} (the latest checkpoint)", latest.checkpoint.size));
   }
   DbStateReader reader(&state);
   LedgerNodeReader nodes(&reader);
@@ -120,11 +119,11 @@ StatusOr<std::string> SessionBundle(const RocksStore& state, const std::string& 
   bundle.proof = proof.proof;
   bundle.checkpoint_note = proof.checkpoint.note;
   FP_ASSIGN_OR_RETURN(std::string text, tlog::FormatProofBundle(bundle));
-  FP_RETURN_IF_ERROR(AsDataLoss(
-      tlog::VerifyProofBundle(bundle, merkle::LeafHash(AsBytes(proof.entry)),
-                              std::span<const tlog::NoteVerifier>(&verifier, 1), origin)
-          .status(),
-      "proof bundle"));
+  FP_RETURN_IF_ERROR(
+      AsDataLoss(tlog::VerifyProofBundle(bundle, merkle::LeafHash(AsBytes(proof.entry)),
+                                         std::span<const tlog::NoteVerifier>(&verifier, 1), origin)
+                     .status(),
+                 "proof bundle"));
   return text;
 }
 

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <pthread.h>
 
 #include "common/base/bytes.h"
 
@@ -49,7 +50,10 @@ StatusOr<std::unique_ptr<RocksLog>> RocksLog::Open(const std::string& path) {
 
 RocksLog::RocksLog(std::unique_ptr<RocksStore> store, uint64_t end)
     : store_(std::move(store)), end_(end), next_position_(end) {
-  writer_ = std::thread([this] { WriterLoop(); });
+  writer_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "fp-log-writer");
+    WriterLoop();
+  });
 }
 
 RocksLog::~RocksLog() { Close(); }
@@ -170,10 +174,11 @@ void RocksLog::CommitGroup(std::vector<Pending>& group) {
         break;
       }
       if (stored->has_value()) {
-        results[i] = same ? StatusOr<uint64_t>(**stored)
-                          : StatusOr<uint64_t>(FailedPreconditionError(fmt::format(
-                                "a different record with this idempotency key is at position {}",
-                                **stored)));
+        results[i] =
+            same
+                ? StatusOr<uint64_t>(**stored)
+                : StatusOr<uint64_t>(FailedPreconditionError(fmt::format(
+                      "a different record with this idempotency key is at position {}", **stored)));
         ++duplicates;
         continue;
       }

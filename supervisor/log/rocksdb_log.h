@@ -91,14 +91,14 @@ class RocksLog final : public Log {
   std::unique_ptr<RocksStore> store_;
 
   mutable std::mutex mutex_;
-  std::condition_variable work_;     // the writer waits for appends or Close
+  std::condition_variable work_;           // the writer waits for appends or Close
   mutable std::condition_variable grown_;  // readers wait for End() to grow
-  std::deque<Pending> queue_;        // guarded by mutex_
-  size_t queued_bytes_ = 0;          // guarded by mutex_
-  bool closing_ = false;             // guarded by mutex_
-  Status failure_;                   // guarded by mutex_; set once a write failed
-  uint64_t end_ = 0;                 // guarded by mutex_; one past the last durable record
-  Stats stats_;                      // guarded by mutex_
+  std::deque<Pending> queue_;              // guarded by mutex_
+  size_t queued_bytes_ = 0;                // guarded by mutex_
+  bool closing_ = false;                   // guarded by mutex_
+  Status failure_;                         // guarded by mutex_; set once a write failed
+  uint64_t end_ = 0;                       // guarded by mutex_; one past the last durable record
+  Stats stats_;                            // guarded by mutex_
 
   uint64_t next_position_ = 0;  // writer thread only
   std::thread writer_;

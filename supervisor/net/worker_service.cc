@@ -16,9 +16,7 @@ namespace {
 namespace asio = boost::asio;
 using Clock = std::chrono::steady_clock;
 
-std::string Short(const std::string& session) {
-  return HexEncode(AsBytes(session)).substr(0, 12);
-}
+std::string Short(const std::string& session) { return HexEncode(AsBytes(session)).substr(0, 12); }
 
 wire::pb::RollbackKind WireKind(pb::OrderKind kind) {
   return kind == pb::ORDER_KIND_REBUILD ? wire::pb::ROLLBACK_KIND_REBUILD
@@ -81,8 +79,8 @@ void WorkerService::OnEnvelope(const std::shared_ptr<wire::Connection>& connecti
                {"status", wire::StatusFromError(envelope.error())}});
       return;
     default:
-      connection->Close(InvalidArgumentError(
-          fmt::format("a worker may not send {}", wire::BodyName(envelope))));
+      connection->Close(
+          InvalidArgumentError(fmt::format("a worker may not send {}", wire::BodyName(envelope))));
   }
 }
 
@@ -160,8 +158,8 @@ void WorkerService::OnLeafBatch(const std::shared_ptr<wire::Connection>& connect
     if (!position.ok()) {
       if (metrics_.batches_refused != nullptr) metrics_.batches_refused->Increment();
       if (connection != nullptr) {
-        connection->Send(wire::MakeErrorEnvelope(position.status(),
-                                                 AsBytes(ack.ack().session_id())))
+        connection
+            ->Send(wire::MakeErrorEnvelope(position.status(), AsBytes(ack.ack().session_id())))
             .IgnoreError();
       }
       return;

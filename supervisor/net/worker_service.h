@@ -39,9 +39,9 @@ namespace fp::supervisor {
 inline constexpr size_t kMaxReplayTokens = wire::kMaxSessionTokens;
 
 struct WorkerServiceMetrics {
-  prometheus::Counter* leaves_ingested = nullptr;       // leaves in acknowledged batches
-  prometheus::Histogram* append_latency = nullptr;      // LeafBatch append until durable
-  prometheus::Counter* batches_refused = nullptr;       // appends that failed
+  prometheus::Counter* leaves_ingested = nullptr;   // leaves in acknowledged batches
+  prometheus::Histogram* append_latency = nullptr;  // LeafBatch append until durable
+  prometheus::Counter* batches_refused = nullptr;   // appends that failed
   prometheus::Gauge* connected_workers = nullptr;
 };
 
@@ -109,9 +109,9 @@ class WorkerService {
   mutable std::mutex mutex_;
   // Registered connections by worker id, and the ids of connections that registered.
   std::map<std::string, std::shared_ptr<wire::Connection>> workers_;   // guarded by mutex_
-  std::map<const wire::Connection*, std::string> registered_;           // guarded by mutex_
+  std::map<const wire::Connection*, std::string> registered_;          // guarded by mutex_
   std::map<std::string, std::chrono::steady_clock::time_point> gone_;  // guarded by mutex_
-  bool stopped_ = false;                                                // guarded by mutex_
+  bool stopped_ = false;                                               // guarded by mutex_
 };
 
 }  // namespace fp::supervisor

@@ -2,18 +2,16 @@
 // killed with SIGKILL, restarted, and must have lost no acknowledged record, keep every root it
 // served before the crash (sessions, and a ledger consistent with its last checkpoint), drain
 // cleanly on SIGTERM, pass fsck, and hold exactly the state a fresh replay of its log gives.
+#include <boost/json.hpp>
 #include <fcntl.h>
+#include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
-
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
-#include <boost/json.hpp>
-#include <fmt/format.h>
 
 #include "common/merkle/merkle.h"
 #include "common/tlog/checkpoint.h"
@@ -108,16 +106,35 @@ class CrashRecoveryTest : public ::testing::Test {
   }
 
   std::unique_ptr<ChildProcess> StartSupervisor() {
-    auto child = std::make_unique<ChildProcess>(std::vector<std::string>{
-        Binary(), "supervisor", "--data-dir", dir_.Join("data"), "--certs-dir",
-        dir_.Join("certs"), "--worker-port", "0", "--http-port", "0", "--tick-interval-ms", "50",
-        "--checkpoint-every", "4", "--checkpoint-interval-ms", "100", "--replicas", "2",
-        "--max-unverified-steps", "512", "--model",
-        "bench=" + HexEncode(AsBytes(std::string(32, 'n'))), "--log-level", "warn"});
+    auto child = std::make_unique<ChildProcess>(
+        std::vector<std::string>{Binary(),
+                                 "supervisor",
+                                 "--data-dir",
+                                 dir_.Join("data"),
+                                 "--certs-dir",
+                                 dir_.Join("certs"),
+                                 "--worker-port",
+                                 "0",
+                                 "--http-port",
+                                 "0",
+                                 "--tick-interval-ms",
+                                 "50",
+                                 "--checkpoint-every",
+                                 "4",
+                                 "--checkpoint-interval-ms",
+                                 "100",
+                                 "--replicas",
+                                 "2",
+                                 "--max-unverified-steps",
+                                 "512",
+                                 "--model",
+                                 "bench=" + HexEncode(AsBytes(std::string(32, 'n'))),
+                                 "--log-level",
+                                 "warn"});
     const std::string ports = child->ReadLine(std::chrono::seconds(20));
     unsigned worker = 0, http = 0, metrics = 0;
-    FP_CHECK_MSG(std::sscanf(ports.c_str(), "worker_port=%u http_port=%u metrics_port=%u",
-                             &worker, &http, &metrics) == 3,
+    FP_CHECK_MSG(std::sscanf(ports.c_str(), "worker_port=%u http_port=%u metrics_port=%u", &worker,
+                             &http, &metrics) == 3,
                  "supervisor did not start: '" + ports + "'");
     worker_port_ = static_cast<uint16_t>(worker);
     http_port_ = static_cast<uint16_t>(http);
@@ -144,8 +161,8 @@ TEST_F(CrashRecoveryTest, KillNineUnderLoadLosesNothingAcknowledged) {
   std::vector<std::unique_ptr<boost::asio::ssl::context>> tls;
   std::vector<std::unique_ptr<BenchWorker>> workers;
   for (const char* name : {"bench-0", "bench-1"}) {
-    tls.push_back(wire::MakeClientTlsContext(wire::TlsFilesForNode(dir_.Join("certs"), name))
-                      .value());
+    tls.push_back(
+        wire::MakeClientTlsContext(wire::TlsFilesForNode(dir_.Join("certs"), name)).value());
     BenchWorkerOptions options;
     options.port = worker_port_;
     options.batch_steps = 16;
@@ -157,10 +174,10 @@ TEST_F(CrashRecoveryTest, KillNineUnderLoadLosesNothingAcknowledged) {
   std::vector<std::string> sessions;
   for (int s = 0; s < 8; ++s) {
     const int max_tokens = s < 6 ? 200 : 200000;
-    auto response = http.Request(
-        verb::post, "/v1/sessions",
-        fmt::format(R"({{"model":"bench","prompt_token_ids":[{}],"max_tokens":{}}})", s,
-                    max_tokens));
+    auto response =
+        http.Request(verb::post, "/v1/sessions",
+                     fmt::format(R"({{"model":"bench","prompt_token_ids":[{}],"max_tokens":{}}})",
+                                 s, max_tokens));
     ASSERT_OK(response);
     ASSERT_EQ(response->status, 202u) << response->body;
     sessions.push_back(std::string(json::parse(response->body).at("session_id").as_string()));
@@ -233,8 +250,8 @@ TEST_F(CrashRecoveryTest, KillNineUnderLoadLosesNothingAcknowledged) {
   ASSERT_OK_AND_ASSIGN(tlog::Checkpoint after, tlog::ParseCheckpoint(latest_note.text));
   ASSERT_GE(after.size, before.size);
   if (before.size > 0 && after.size > before.size) {
-    json::value proof = GetJson(again, fmt::format("/v1/ledger/consistency?from={}&to={}",
-                                                   before.size, after.size));
+    json::value proof = GetJson(
+        again, fmt::format("/v1/ledger/consistency?from={}&to={}", before.size, after.size));
     std::vector<Hash> hashes;
     for (const json::value& h : proof.at("proof").as_array()) {
       hashes.push_back(HashFromHex(h.as_string()).value());

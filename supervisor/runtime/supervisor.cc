@@ -4,6 +4,9 @@
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <pthread.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "common/base/log.h"
 #include "common/leaf/session_id.h"
@@ -18,6 +21,9 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace asio = boost::asio;
+
+// Nice value of the applier thread (relative to the process's).
+constexpr int kApplierNice = 5;
 
 uint64_t UnixMillis() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -37,10 +43,10 @@ struct Supervisor::Metrics {
                                                  "fieldprint_supervisor_batches_refused_total",
                                                  "Leaf batches whose append failed")
                             .Add({})),
-        append_latency(metrics::RegisterHistogram(
-                           registry, "fieldprint_supervisor_append_latency_seconds",
-                           "Leaf batch append until durable (the worker's ack latency)")
-                           .Add({}, metrics::Buckets(metrics::kLatencyBucketsRequestSeconds))),
+        append_latency(
+            metrics::RegisterHistogram(registry, "fieldprint_supervisor_append_latency_seconds",
+                                       "Leaf batch append until durable (the worker's ack latency)")
+                .Add({}, metrics::Buckets(metrics::kLatencyBucketsRequestSeconds))),
         connected_workers(metrics::RegisterGauge(registry,
                                                  "fieldprint_supervisor_connected_workers",
                                                  "Workers with a registered connection")
@@ -121,8 +127,17 @@ StatusOr<std::unique_ptr<Supervisor>> Supervisor::Start(const SupervisorOptions&
     supervisor->Drain().IgnoreError();
     return network;
   }
-  supervisor->applier_thread_ = std::thread([s = supervisor.get()] { s->ApplierLoop(); });
-  supervisor->leader_thread_ = std::thread([s = supervisor.get()] { s->LeaderLoop(); });
+  supervisor->applier_thread_ = std::thread([s = supervisor.get()] {
+    pthread_setname_np(pthread_self(), "fp-applier");
+    // Acknowledging comes first: the applier catches up in the time the log writer and the
+    // network threads leave, and the unverified window bounds how far it may fall behind.
+    setpriority(PRIO_PROCESS, static_cast<id_t>(gettid()), kApplierNice);
+    s->ApplierLoop();
+  });
+  supervisor->leader_thread_ = std::thread([s = supervisor.get()] {
+    pthread_setname_np(pthread_self(), "fp-leader");
+    s->LeaderLoop();
+  });
   LogInfo("supervisor", "started",
           {{"data_dir", options.data_dir},
            {"origin", options.origin},
@@ -166,27 +181,29 @@ Status Supervisor::Open(prometheus::Registry& registry) {
 Status Supervisor::StartNetwork(prometheus::Registry& registry) {
   work_.emplace(asio::make_work_guard(io_));
   for (uint32_t i = 0; i < options_.io_threads; ++i) {
-    io_threads_.emplace_back([this] { io_.run(); });
+    io_threads_.emplace_back([this] {
+      pthread_setname_np(pthread_self(), "fp-io");
+      io_.run();
+    });
   }
-  FP_ASSIGN_OR_RETURN(
-      tls_, wire::MakeServerTlsContext(wire::TlsFilesForNode(options_.certs_dir,
-                                                             options_.tls_name)));
+  FP_ASSIGN_OR_RETURN(tls_, wire::MakeServerTlsContext(
+                                wire::TlsFilesForNode(options_.certs_dir, options_.tls_name)));
   WorkerServiceOptions worker_options;
   worker_options.address = options_.worker_address;
   worker_options.port = options_.worker_port;
   worker_options.connection = options_.connection;
   WorkerServiceMetrics worker_metrics{&metrics_->leaves_ingested, &metrics_->append_latency,
                                       &metrics_->batches_refused, &metrics_->connected_workers};
-  FP_ASSIGN_OR_RETURN(workers_, WorkerService::Start(io_, *tls_, *log_, *state_, worker_options,
-                                                     worker_metrics));
+  FP_ASSIGN_OR_RETURN(
+      workers_, WorkerService::Start(io_, *tls_, *log_, *state_, worker_options, worker_metrics));
   worker_port_ = workers_->port();
   HttpServerOptions http_options;
   http_options.address = options_.http_address;
   http_options.port = options_.http_port;
-  FP_ASSIGN_OR_RETURN(http_, HttpServer::Start(io_, *api_, *log_, http_options,
-                                               HttpMetrics{&metrics_->proof_requests,
-                                                           &metrics_->proof_latency},
-                                               &draining_));
+  FP_ASSIGN_OR_RETURN(
+      http_, HttpServer::Start(io_, *api_, *log_, http_options,
+                               HttpMetrics{&metrics_->proof_requests, &metrics_->proof_latency},
+                               &draining_));
   http_port_ = http_->port();
   if (options_.metrics_listener) {
     metrics::MetricsServerOptions metrics_options;
@@ -247,7 +264,8 @@ void Supervisor::AppendInBackground(pb::LogRecord record) {
   const char* type = RecordTypeName(record);
   log_->Append(std::move(record), [this, type](StatusOr<uint64_t> position) {
     if (!position.ok() && !draining_.load()) {
-      LogWarn("supervisor", "leader append failed", {{"record", type}, {"status", position.status()}});
+      LogWarn("supervisor", "leader append failed",
+              {{"record", type}, {"status", position.status()}});
     }
   });
 }
@@ -334,8 +352,9 @@ void Supervisor::CheckDeadlines(Clock::time_point now) {
       deadline.mutable_deadline()->set_session_id(id);
       deadline.mutable_deadline()->set_replica(r);
       deadline.mutable_deadline()->set_epoch(replica.epoch());
-      LogWarn("supervisor", "replica missed its deadline",
-              {{"session", HexEncode(AsBytes(id))}, {"replica", r}, {"worker", replica.worker_id()}});
+      LogWarn(
+          "supervisor", "replica missed its deadline",
+          {{"session", HexEncode(AsBytes(id))}, {"replica", r}, {"worker", replica.worker_id()}});
       AppendInBackground(std::move(deadline));
     }
   }
@@ -350,7 +369,8 @@ void Supervisor::UpdateGauges() {
   const uint64_t end = log_->End();
   const uint64_t applied = applier_->applied();
   metrics_->apply_lag.Set(static_cast<double>(end > applied ? end - applied : 0));
-  metrics_->rocksdb_bytes.Add({{"store", "log"}}).Set(static_cast<double>(log_->ApproximateBytes()));
+  metrics_->rocksdb_bytes.Add({{"store", "log"}})
+      .Set(static_cast<double>(log_->ApproximateBytes()));
   uint64_t state_bytes = 0;
   for (size_t family = 0; family < kFamilyCount; ++family) {
     state_bytes += state_->ApproximateBytes(family);

@@ -134,10 +134,10 @@ class Supervisor {
 
   mutable std::mutex mutex_;
   std::condition_variable changed_;
-  bool stop_leader_ = false;    // guarded by mutex_
-  bool stop_applier_ = false;   // guarded by mutex_
-  bool drained_ = false;        // guarded by mutex_
-  Status failure_;              // guarded by mutex_
+  bool stop_leader_ = false;   // guarded by mutex_
+  bool stop_applier_ = false;  // guarded by mutex_
+  bool drained_ = false;       // guarded by mutex_
+  Status failure_;             // guarded by mutex_
   // Leader thread only.
   std::chrono::steady_clock::time_point last_tick_{};
   std::chrono::steady_clock::time_point last_slow_round_{};

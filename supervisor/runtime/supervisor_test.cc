@@ -5,14 +5,13 @@
 #include <condition_variable>
 #include <deque>
 
-#include <gmock/gmock.h>
-#include <gtest/gtest.h>
-
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
 #include <boost/asio/write.hpp>
 #include <boost/json.hpp>
 #include <fmt/format.h>
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
 
 #include "common/leaf/step_leaf.h"
 #include "common/wire/certs.h"
@@ -260,9 +259,9 @@ TEST_F(SupervisorTest, OversizedHttpBodiesGet413BeforeTheBodyIsRead) {
   boost::asio::io_context io;
   boost::asio::ip::tcp::socket socket(io);
   socket.connect({boost::asio::ip::make_address("127.0.0.1"), supervisor_->http_port()});
-  const std::string request = fmt::format(
-      "POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
-      kMaxRequestBodyBytes + 1);
+  const std::string request =
+      fmt::format("POST /v1/sessions HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                  kMaxRequestBodyBytes + 1);
   boost::asio::write(socket, boost::asio::buffer(request));
   std::string reply(64, '\0');
   boost::system::error_code error;

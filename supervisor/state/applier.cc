@@ -35,9 +35,7 @@ Hash TokensHash(std::span<const uint32_t> tokens) {
   return Sha256(bytes);
 }
 
-std::string Short(const std::string& session) {
-  return HexEncode(AsBytes(session)).substr(0, 12);
-}
+std::string Short(const std::string& session) { return HexEncode(AsBytes(session)).substr(0, 12); }
 
 }  // namespace
 
@@ -89,10 +87,9 @@ class Applier::Run {
   void MarkSession(const std::string& id) { dirty_sessions_.insert(id); }
   void MarkWorker(const std::string& id) { dirty_workers_.insert(id); }
   void Progressed(const std::string& id) { progressed_.insert(id); }
-  StatusOr<std::optional<StoredLeaf>> Leaf(const std::string& id, uint32_t replica,
-                                           uint64_t step);
-  StatusOr<Vote> ReplicaVote(const std::string& id, const pb::SessionState& session,
-                             uint32_t index, uint64_t step, std::optional<StoredLeaf>& leaf);
+  StatusOr<std::optional<StoredLeaf>> Leaf(const std::string& id, uint32_t replica, uint64_t step);
+  StatusOr<Vote> ReplicaVote(const std::string& id, const pb::SessionState& session, uint32_t index,
+                             uint64_t step, std::optional<StoredLeaf>& leaf);
   void DetachReplica(const std::string& worker_id, const std::string& id, uint32_t index);
   void Reject(std::string reason);
 
@@ -165,11 +162,13 @@ StatusOr<pb::WorkerState*> Applier::Run::Worker(const std::string& id) {
 
 StatusOr<std::optional<StoredLeaf>> Applier::Run::Leaf(const std::string& id, uint32_t replica,
                                                        uint64_t step) {
-  FP_ASSIGN_OR_RETURN(std::optional<std::string> bytes,
-                      txn_.Get(kLeaves, LeafKey(id, replica, step)));
-  if (!bytes.has_value()) return std::optional<StoredLeaf>();
-  FP_ASSIGN_OR_RETURN(StoredLeaf leaf, DecodeStoredLeaf(*bytes));
-  return std::optional<StoredLeaf>(leaf);
+  FP_ASSIGN_OR_RETURN(const std::string* chunk,
+                      txn_.Peek(kLeaves, LeafChunkKey(id, replica, LeafChunkIndex(step))));
+  if (chunk == nullptr) return std::optional<StoredLeaf>();
+  StatusOr<StoredLeaf> leaf = LeafFromChunk(*chunk, step);
+  if (leaf.status().code() == StatusCode::kNotFound) return std::optional<StoredLeaf>();
+  FP_RETURN_IF_ERROR(leaf.status());
+  return std::optional<StoredLeaf>(*leaf);
 }
 
 Status Applier::Run::ApplyEntry(const LogEntry& entry) {
@@ -251,8 +250,7 @@ Status Applier::Run::ApplyAssign(const pb::Assign& assign) {
     problem = "replica is placed or the epoch is stale";
   } else if (worker == nullptr || worker->phase() != pb::WorkerState::PHASE_ACTIVE) {
     problem = "worker is unknown or not active";
-  } else if (worker->replicas_size() >=
-             static_cast<int>(worker->registration().max_replicas())) {
+  } else if (worker->replicas_size() >= static_cast<int>(worker->registration().max_replicas())) {
     problem = "worker is full";
   } else if (std::find(worker->registration().models().begin(),
                        worker->registration().models().end(),
@@ -327,8 +325,8 @@ Status Applier::Run::ApplyLeafBatch(const pb::LeafBatch& batch) {
   return Compare(id, *session);
 }
 
-Status Applier::Run::AppendLeaves(const std::string& id, pb::SessionState& session,
-                                  uint32_t index, const pb::LeafBatch& batch) {
+Status Applier::Run::AppendLeaves(const std::string& id, pb::SessionState& session, uint32_t index,
+                                  const pb::LeafBatch& batch) {
   pb::ReplicaState& replica = *session.mutable_replicas(index);
   FP_ASSIGN_OR_RETURN(merkle::Frontier frontier,
                       FrontierFromBytes(replica.stored(), replica.frontier()));
@@ -366,11 +364,11 @@ Status Applier::Run::AppendLeaves(const std::string& id, pb::SessionState& sessi
         return Diverge(id, session, step, decision, leaves, votes);
       }
       if (step >= replica.stored()) {
-        AppendReplicaLeaf(txn_, id, index, frontier, leaf);
+        FP_RETURN_IF_ERROR(AppendReplicaLeaf(txn_, id, index, frontier, leaf));
         replica.set_stored(frontier.size());
       }
     } else {
-      AppendReplicaLeaf(txn_, id, index, frontier, leaf);
+      FP_RETURN_IF_ERROR(AppendReplicaLeaf(txn_, id, index, frontier, leaf));
       replica.set_stored(frontier.size());
       ++effects_.leaves;
     }
@@ -480,17 +478,15 @@ Status Applier::Run::Diverge(const std::string& id, pb::SessionState& session, u
   *entry.mutable_divergence() = divergence;
   FP_RETURN_IF_ERROR(AppendLedger(entry).status());
   for (const auto& [index, escalation] : orders) {
-    FP_RETURN_IF_ERROR(
-        OrderRollback(id, session, index, step, escalation.order, escalation.count));
+    FP_RETURN_IF_ERROR(OrderRollback(id, session, index, step, escalation.order, escalation.count));
   }
   MarkSession(id);
   Progressed(id);
   return OkStatus();
 }
 
-Status Applier::Run::OrderRollback(const std::string& id, pb::SessionState& session,
-                                   uint32_t index, uint64_t step, pb::OrderKind kind,
-                                   uint32_t count) {
+Status Applier::Run::OrderRollback(const std::string& id, pb::SessionState& session, uint32_t index,
+                                   uint64_t step, pb::OrderKind kind, uint32_t count) {
   pb::ReplicaState& replica = *session.mutable_replicas(index);
   const std::string worker_id = replica.worker_id();
   FP_ASSIGN_OR_RETURN(pb::WorkerState * worker, Worker(worker_id));
@@ -499,10 +495,10 @@ Status Applier::Run::OrderRollback(const std::string& id, pb::SessionState& sess
     MarkWorker(worker_id);
     if (kind == pb::ORDER_KIND_REPLACE ||
         worker->divergences() >= applier_->options_.quarantine_divergences) {
-      return Quarantine(worker_id, fmt::format("{} divergences; replica {}/{} diverged {} times "
-                                               "at step {}",
-                                               worker->divergences(), Short(id), index, count,
-                                               step));
+      return Quarantine(worker_id,
+                        fmt::format("{} divergences; replica {}/{} diverged {} times "
+                                    "at step {}",
+                                    worker->divergences(), Short(id), index, count, step));
     }
   }
   // Verified leaves stay: a replica replaying the prefix keeps the ones it stores.
@@ -602,9 +598,8 @@ Status Applier::Run::Quarantine(const std::string& worker_id, const std::string&
 
 Status Applier::Run::CompleteSession(const std::string& id, pb::SessionState& session) {
   const uint64_t steps = session.verified_steps();
-  FP_ASSIGN_OR_RETURN(merkle::Frontier frontier,
-                      FrontierFromBytes(session.replicas(0).stored(),
-                                        session.replicas(0).frontier()));
+  FP_ASSIGN_OR_RETURN(merkle::Frontier frontier, FrontierFromBytes(session.replicas(0).stored(),
+                                                                   session.replicas(0).frontier()));
   const Hash root = frontier.Root();
   for (const pb::ReplicaState& replica : session.replicas()) {
     // Equal leaves make equal trees: a differing root here is a broken invariant.
@@ -791,8 +786,7 @@ StatusOr<AppliedMeta> ReadAppliedMeta(const StateReader& reader) {
   FP_ASSIGN_OR_RETURN(std::optional<pb::LedgerFrontier> ledger,
                       reader.GetMessage<pb::LedgerFrontier>(kMeta, kMetaLedger));
   if (ledger.has_value()) meta.ledger = *ledger;
-  FP_ASSIGN_OR_RETURN(std::optional<std::string> checkpoint,
-                      reader.Get(kMeta, kMetaCheckpoint));
+  FP_ASSIGN_OR_RETURN(std::optional<std::string> checkpoint, reader.Get(kMeta, kMetaCheckpoint));
   if (checkpoint.has_value()) {
     FP_ASSIGN_OR_RETURN(uint64_t size, ParseU64(*checkpoint));
     meta.last_checkpoint_size = size;
@@ -803,16 +797,14 @@ StatusOr<AppliedMeta> ReadAppliedMeta(const StateReader& reader) {
   return meta;
 }
 
-StatusOr<std::unique_ptr<Applier>> Applier::Open(RocksStore* state,
-                                                 const ApplierOptions& options) {
+StatusOr<std::unique_ptr<Applier>> Applier::Open(RocksStore* state, const ApplierOptions& options) {
   FP_CHECK(state != nullptr);
   DbStateReader reader(state);
   FP_ASSIGN_OR_RETURN(AppliedMeta meta, ReadAppliedMeta(reader));
   std::unique_ptr<Applier> applier(new Applier(state, options));
   applier->applied_.store(meta.applied);
   applier->clock_ms_ = meta.clock_ms;
-  FP_ASSIGN_OR_RETURN(applier->ledger_,
-                      FrontierFromBytes(meta.ledger.size(), meta.ledger.peaks()));
+  FP_ASSIGN_OR_RETURN(applier->ledger_, FrontierFromBytes(meta.ledger.size(), meta.ledger.peaks()));
   applier->has_checkpoint_ = meta.last_checkpoint_size.has_value();
   applier->last_checkpoint_size_ = meta.last_checkpoint_size.value_or(0);
   applier->phases_ = meta.phases;

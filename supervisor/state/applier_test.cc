@@ -201,6 +201,9 @@ TEST_F(ApplierTest, AgreeingReplicasVerifyTheSessionAndLedgerIt) {
   EXPECT_EQ(record.divergences(), 0u);
   // Workers no longer hold the replicas.
   EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(0)).replicas_size(), 0);
+  EXPECT_EQ(applier_->phases().verified(), 1u);
+  EXPECT_EQ(applier_->phases().running(), 0u);
+  EXPECT_EQ(applier_->phases().waiting(), 0u);
 }
 
 TEST_F(ApplierTest, VerifiedPrefixAdvancesOnlyWhereEveryReplicaAgrees) {
@@ -256,8 +259,7 @@ TEST_F(ApplierTest, RepeatedDivergenceAtOneStepEscalatesToRebuildThenQuarantine)
   pb::SessionState state = State(s);
   EXPECT_EQ(state.phase(), pb::SESSION_PHASE_WAITING);
   EXPECT_TRUE(state.replicas(2).worker_id().empty());
-  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(2)).phase(),
-            pb::WorkerState::PHASE_QUARANTINED);
+  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(2)).phase(), pb::WorkerState::PHASE_QUARANTINED);
   // Placement now picks the spare worker; the new replica replays the verified prefix.
   ASSERT_OK_AND_ASSIGN(std::vector<pb::LogRecord> plan, PlanPlacement(*store_, 10));
   ASSERT_EQ(plan.size(), 1u);
@@ -360,8 +362,8 @@ TEST_F(ApplierTest, CheckpointIsTakenOnlyWhenTheLedgerGrew) {
   Apply(AdmitRecord(Session(8), 1));  // records the anchor set
   EXPECT_TRUE(Apply(request).checkpoint);
   auto body = Read<pb::CheckpointBody>(kCheckpoints, U64Key(1));
-  Hash anchor_leaf = merkle::LeafHash(AsBytes(
-      *DbStateReader(store_.get()).Get(kLedger, LedgerEntryKey(0)).value()));
+  Hash anchor_leaf = merkle::LeafHash(
+      AsBytes(*DbStateReader(store_.get()).Get(kLedger, LedgerEntryKey(0)).value()));
   EXPECT_EQ(body.root(), Str(anchor_leaf));  // a one-leaf tree's root is its leaf hash
 }
 
@@ -404,9 +406,9 @@ TEST_F(ApplierTest, BadAdmitsAndAssignsAreRejected) {
   EXPECT_EQ(Apply(bad).rejected, 1u);
   Apply(AdmitRecord(Session(12), 1));
   EXPECT_EQ(Apply(AdmitRecord(Session(12), 1)).rejected, 1u);  // exists
-  EXPECT_EQ(Assign(Session(12), 0, 7).rejected, 1u);             // unknown worker
-  EXPECT_EQ(Assign(Session(12), 1, 0).rejected, 1u);             // no such replica
-  EXPECT_EQ(Assign(Session(12), 0, 0, 5).rejected, 1u);          // wrong epoch
+  EXPECT_EQ(Assign(Session(12), 0, 7).rejected, 1u);           // unknown worker
+  EXPECT_EQ(Assign(Session(12), 1, 0).rejected, 1u);           // no such replica
+  EXPECT_EQ(Assign(Session(12), 0, 0, 5).rejected, 1u);        // wrong epoch
   EXPECT_EQ(Assign(Session(12), 0, 0).rejected, 0u);
   EXPECT_EQ(Assign(Session(12), 0, 0).rejected, 1u);  // already placed
 }

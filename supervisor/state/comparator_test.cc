@@ -41,8 +41,8 @@ TEST_F(ComparatorTest, MajorityRollsBackTheMinorityOnly) {
 
 TEST_F(ComparatorTest, MajorityDecidesBeforeTheLastReplicaArrives) {
   // R = 5: three agree, one differs, one has not reported.
-  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(1)), Vote::Missing(),
-                             Vote::Leaf(H(9)), Vote::Leaf(H(1))};
+  std::vector<Vote> votes = {Vote::Leaf(H(1)), Vote::Leaf(H(1)), Vote::Missing(), Vote::Leaf(H(9)),
+                             Vote::Leaf(H(1))};
   StepDecision decision = DecideStep(votes);
   EXPECT_EQ(decision.kind, StepDecision::Kind::kDiverge);
   EXPECT_THAT(decision.minority, ElementsAre(3));

@@ -19,8 +19,7 @@ StatusOr<std::map<std::string, Candidate>> ActiveWorkers(const RocksStore& store
   std::unique_ptr<rocksdb::Iterator> it = store.NewIterator(kWorkers);
   for (it->SeekToFirst(); it->Valid() && workers.size() < kMaxPlacementWorkers; it->Next()) {
     Candidate candidate;
-    if (!candidate.state.ParseFromArray(it->value().data(),
-                                        static_cast<int>(it->value().size()))) {
+    if (!candidate.state.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
       return DataLossError("stored WorkerState does not parse");
     }
     if (candidate.state.phase() != pb::WorkerState::PHASE_ACTIVE) continue;
@@ -76,8 +75,8 @@ StatusOr<std::vector<pb::LogRecord>> PlanPlacement(const RocksStore& store,
     for (const pb::ReplicaState& replica : session->replicas()) {
       if (!replica.worker_id().empty()) taken.push_back(replica.worker_id());
     }
-    for (uint32_t index = 0; index < static_cast<uint32_t>(session->replicas_size()) &&
-                             plan.size() < max_assignments;
+    for (uint32_t index = 0;
+         index < static_cast<uint32_t>(session->replicas_size()) && plan.size() < max_assignments;
          ++index) {
       const pb::ReplicaState& replica = session->replicas(index);
       if (!replica.worker_id().empty()) continue;

@@ -24,7 +24,6 @@ inline constexpr size_t kMaxPlacementWorkers = 65536;
 
 // Plans up to `max_assignments` (<= kMaxPlacementsPerRound) Assign records from the state in
 // `store`. Unavailable or DataLoss from storage.
-StatusOr<std::vector<pb::LogRecord>> PlanPlacement(const RocksStore& store,
-                                                   size_t max_assignments);
+StatusOr<std::vector<pb::LogRecord>> PlanPlacement(const RocksStore& store, size_t max_assignments);
 
 }  // namespace fp::supervisor

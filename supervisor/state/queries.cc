@@ -26,11 +26,17 @@ StatusOr<std::vector<uint32_t>> ReadVerifiedTokens(const RocksStore& state,
   FP_ASSIGN_OR_RETURN(uint32_t source, PrefixHolder(session, to));
   tokens.reserve(to - from);
   std::unique_ptr<rocksdb::Iterator> it = state.NewIterator(kLeaves);
-  const std::string end = LeafKey(id, source, to);
-  for (it->Seek(ToSlice(LeafKey(id, source, from))); it->Valid() && it->key().compare(end) < 0;
-       it->Next()) {
-    FP_ASSIGN_OR_RETURN(StoredLeaf leaf, DecodeStoredLeaf(ToView(it->value())));
-    tokens.push_back(leaf.token_id);
+  const std::string prefix = ReplicaKey(id, source);
+  uint64_t step = from;
+  for (it->Seek(ToSlice(LeafChunkKey(id, source, LeafChunkIndex(from))));
+       it->Valid() && step < to && it->key().starts_with(ToSlice(prefix)); it->Next()) {
+    FP_ASSIGN_OR_RETURN(uint64_t chunk, ParseU64(ToView(it->key()).substr(prefix.size())));
+    if (chunk != LeafChunkIndex(step)) return DataLossError("a verified leaf chunk is missing");
+    for (; step < to && LeafChunkIndex(step) == chunk; ++step) {
+      StatusOr<StoredLeaf> leaf = LeafFromChunk(ToView(it->value()), step);
+      if (!leaf.ok()) return DataLossError("verified leaf: " + leaf.status().ToString());
+      tokens.push_back(leaf->token_id);
+    }
   }
   FP_RETURN_IF_ERROR(FromRocks(it->status(), "read tokens"));
   if (tokens.size() != to - from) return DataLossError("verified leaves missing");

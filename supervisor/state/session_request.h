@@ -22,7 +22,6 @@ Status ValidateSessionRequest(const ::fieldprint::supervisor::SessionRequest& re
 // The Assign for replica `replica` at `epoch`; `replay` holds the verified tokens a re-placed
 // replica replays (empty for a fresh one).
 wire::pb::Assign MakeWireAssign(const ::fieldprint::supervisor::SessionRequest& request,
-                                uint32_t replica, uint64_t epoch,
-                                std::span<const uint32_t> replay);
+                                uint32_t replica, uint64_t epoch, std::span<const uint32_t> replay);
 
 }  // namespace fp::supervisor

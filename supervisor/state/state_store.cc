@@ -7,8 +7,8 @@ namespace fp::supervisor {
 
 const std::vector<std::string>& StateFamilyNames() {
   static const std::vector<std::string> kNames = {
-      "meta",   "sessions", "leaves",      "trees",   "divergences",
-      "orders", "ledger",   "checkpoints", "workers", "waiting", "signed",
+      "meta",   "sessions",    "leaves",  "trees",   "divergences", "orders",
+      "ledger", "checkpoints", "workers", "waiting", "signed",
   };
   static_assert(kFamilyCount == 11, "one name per Family");
   return kNames;
@@ -47,9 +47,9 @@ std::string ReplicaKey(std::string_view session, uint32_t replica) {
   return key;
 }
 
-std::string LeafKey(std::string_view session, uint32_t replica, uint64_t step) {
+std::string LeafChunkKey(std::string_view session, uint32_t replica, uint64_t chunk) {
   std::string key = ReplicaKey(session, replica);
-  Put64(key, step);
+  Put64(key, chunk);
   return key;
 }
 
@@ -110,6 +110,21 @@ StatusOr<StoredLeaf> DecodeStoredLeaf(std::string_view bytes) {
   leaf.token_id = LoadU32(Raw(bytes) + kHashSize);
   std::memcpy(leaf.state_digest.data(), bytes.data() + kHashSize + 4, kHashSize);
   return leaf;
+}
+
+}  // namespace fp::supervisor
+
+namespace fp::supervisor {
+
+StatusOr<StoredLeaf> LeafFromChunk(std::string_view chunk, uint64_t step) {
+  if (chunk.size() % kLeafValueSize != 0 || chunk.size() > kLeafChunkSteps * kLeafValueSize) {
+    return DataLossError("stored leaf chunk has the wrong size");
+  }
+  const size_t slot = static_cast<size_t>(step % kLeafChunkSteps);
+  if ((slot + 1) * kLeafValueSize > chunk.size()) {
+    return NotFoundError("no leaf " + std::to_string(step));
+  }
+  return DecodeStoredLeaf(chunk.substr(slot * kLeafValueSize, kLeafValueSize));
 }
 
 }  // namespace fp::supervisor

@@ -7,8 +7,8 @@
 //                "checkpoint"        -> size of the last checkpoint body (BE64)
 //                "phases"            -> PhaseCounts
 //   sessions     session (16)        -> SessionState
-//   leaves       session replica(BE32) step(BE64)         -> leaf hash (32) token (BE32) digest (32)
-//   trees        session replica(BE32) level(1) index(BE64) -> node hash (32), levels >= 1
+//   leaves       session replica(BE32) step(BE64)         -> leaf hash (32) token (BE32) digest
+//   (32) trees        session replica(BE32) level(1) index(BE64) -> node hash (32), levels >= 1
 //   divergences  session seq(BE32)   -> Divergence
 //   orders       session replica(BE32) -> Order (the replica's latest order)
 //   ledger       'e' index(BE64)     -> LedgerEntry (deterministic protobuf bytes)
@@ -77,13 +77,18 @@ inline constexpr std::string_view kMetaPhases = "phases";
 
 // Size of a stored leaf value: leaf hash, token id, state digest.
 inline constexpr size_t kLeafValueSize = kHashSize + 4 + kHashSize;
+// Leaves are stored 16 to a value (a chunk): a sixteenth of the keys a leaf per key would need,
+// which is what limits the applier's throughput. A chunk is the perfect subtree of level 4, so
+// session trees store nodes from level 4 up and compute lower ones from the chunk.
+inline constexpr uint32_t kLeafChunkLevel = 4;
+inline constexpr uint64_t kLeafChunkSteps = uint64_t{1} << kLeafChunkLevel;
+inline uint64_t LeafChunkIndex(uint64_t step) { return step >> kLeafChunkLevel; }
 
 // Key builders (all big-endian, so RocksDB's byte order is numeric order).
 std::string U64Key(uint64_t value);
 std::string ReplicaKey(std::string_view session, uint32_t replica);
-std::string LeafKey(std::string_view session, uint32_t replica, uint64_t step);
-std::string TreeNodeKey(std::string_view session, uint32_t replica, uint32_t level,
-                        uint64_t index);
+std::string LeafChunkKey(std::string_view session, uint32_t replica, uint64_t chunk);
+std::string TreeNodeKey(std::string_view session, uint32_t replica, uint32_t level, uint64_t index);
 std::string DivergenceKey(std::string_view session, uint32_t sequence);
 std::string LedgerEntryKey(uint64_t index);
 std::string LedgerNodeKey(uint32_t level, uint64_t index);
@@ -106,5 +111,8 @@ struct StoredLeaf {
 std::string EncodeStoredLeaf(const StoredLeaf& leaf);
 // DataLoss unless `bytes` is kLeafValueSize bytes.
 StatusOr<StoredLeaf> DecodeStoredLeaf(std::string_view bytes);
+// Step `step`'s leaf from its chunk's value: NotFound when the chunk ends before it, DataLoss when
+// the chunk's size is not a whole number of leaves.
+StatusOr<StoredLeaf> LeafFromChunk(std::string_view chunk, uint64_t step);
 
 }  // namespace fp::supervisor

@@ -83,21 +83,31 @@ class StateTxn final : public StateReader {
     Put(family, key, SerializeStable(message));
   }
   void Delete(Family family, std::string_view key);
+  // The value under `key` for reading in place, or nullptr when absent. Valid until the next
+  // Put, Delete, Mutable or Commit. Unavailable or DataLoss from storage.
+  StatusOr<const std::string*> Peek(Family family, std::string_view key);
+  // The value under `key` (empty when absent) for changing in place; the key is written at
+  // Commit. Valid until the next Put, Delete, Mutable or Commit.
+  StatusOr<std::string*> Mutable(Family family, std::string_view key);
 
   // Writes everything atomically and empties the transaction for reuse.
   Status Commit();
-  // Keys written or deleted so far.
-  size_t size() const { return overlay_.size(); }
 
  private:
   // Buckets reserved up front: an apply group writes tens of thousands of keys.
   static constexpr size_t kOverlayReserve = 1 << 16;
+  struct Entry {
+    std::optional<std::string> value;  // nullopt: absent (deleted, or not in the store)
+    bool dirty = false;                // written by this transaction
+  };
   static std::string OverlayKey(Family family, std::string_view key);
+  // The overlay entry of a key, loaded from the store on first use.
+  StatusOr<Entry*> Load(Family family, std::string_view key);
 
   RocksStore* store_;  // borrowed
-  // Write-back: family byte || key -> the value written, or nullopt for a delete. Each key goes
-  // into the WriteBatch once, at Commit.
-  std::unordered_map<std::string, std::optional<std::string>> overlay_;
+  // Write-back cache: family byte || key -> entry. Dirty entries go into the WriteBatch once, at
+  // Commit; clean ones are values read through Peek or Mutable.
+  std::unordered_map<std::string, Entry> overlay_;
 };
 
 }  // namespace fp::supervisor

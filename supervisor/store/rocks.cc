@@ -5,6 +5,7 @@
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
 
@@ -40,6 +41,12 @@ rocksdb::ColumnFamilyOptions FamilyOptions(const RocksStore::Options& options) {
 StatusOr<std::unique_ptr<RocksStore>> RocksStore::Open(const std::string& path,
                                                        std::vector<std::string> column_families,
                                                        const Options& options) {
+  // Flushes and compactions are throughput work; on a small machine they must not take the CPU
+  // from the threads that acknowledge appends (the log writer, the network threads).
+  rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::LOW,
+                                                      rocksdb::CpuPriority::kLow);
+  rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::HIGH,
+                                                      rocksdb::CpuPriority::kLow);
   std::error_code error;
   std::filesystem::create_directories(path, error);
   if (error) {

@@ -30,9 +30,9 @@ struct SimOptions {
   uint32_t max_steps = 40;
   uint32_t batch_steps = 4;  // leaves per batch
   uint32_t max_unverified_steps = 16;
-  double fault_rate = 0.01;      // per leaf, on ordinary workers
-  double bad_fault_rate = 0.08;  // per leaf, on worker 0
-  double deadline_rate = 0.01;   // per running replica and round
+  double fault_rate = 0.01;           // per leaf, on ordinary workers
+  double bad_fault_rate = 0.08;       // per leaf, on worker 0
+  double deadline_rate = 0.01;        // per running replica and round
   uint32_t lose_worker_at_round = 7;  // worker 1 is lost then and registers again 3 rounds later
 };
 
