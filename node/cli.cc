@@ -24,6 +24,7 @@
 #include "node/engine/engine_bench.h"
 #include "node/model/tiny_model.h"
 #include "node/tokenizer/tokenizer.h"
+#include "node/worker/worker_cli.h"
 
 namespace fp {
 namespace {
@@ -366,6 +367,8 @@ void AddNodeCommands(CLI::App& app, CLI::App& bench) {
   AddAnchorsCommands(app);
   AddGenerateCommand(app);
   AddBenchCommands(bench);
+  AddWorkerCommand(app);
+  AddWorkerBench(bench);
 }
 
 }  // namespace fp

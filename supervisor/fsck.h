@@ -1,13 +1,15 @@
 // fsck: recomputes every root the supervisor stores from the stored leaves and reports every
 // mismatch. Checks, in order:
-//   - each step leaf's hash equals StepLeafHash(session, step, token, digest);
-//   - each replica's tree: the root recomputed from its leaves equals the stored frontier's root
-//     and the root RootAt gives from the stored nodes, and no leaf lies beyond its size;
+//   - each step leaf's hash equals StepLeafHash(session, step, token, digest), and leaf chunks
+//     are contiguous and whole (only a replica's last chunk may be partial);
+//   - each replica's tree: every stored node equals its recomputation from the leaves, the
+//     recomputed root equals the stored frontier's root and the root RootAt gives from the stored
+//     nodes, and no leaf lies beyond the replica's size;
 //   - each verified session's recorded root equals its replicas' recomputed root, and its ledger
 //     entry is a session record with that root;
-//   - the ledger: each entry's leaf hash equals the stored level-0 node, the recomputed root
-//     equals the stored frontier's and the stored nodes'; each checkpoint body's root equals the
-//     recomputed root at its size; each signed checkpoint matches its body.
+//   - the ledger: every stored node equals its recomputation from the entries, the recomputed
+//     root equals the stored frontier's and the stored nodes'; each checkpoint body's root equals
+//     the recomputed root at its size; each signed checkpoint matches its body.
 //
 // Thread-safety: reads only; safe to run against a store nobody writes (fsck opens its own).
 #pragma once

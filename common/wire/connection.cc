@@ -190,6 +190,10 @@ void Connection::OnConnect(const error_code& error, const tcp::endpoint& endpoin
 
 void Connection::DoHandshake() {
   state_ = State::kHandshaking;
+  // Frames are small and latency-bound (an Ack is a few dozen bytes): without TCP_NODELAY,
+  // Nagle's algorithm plus delayed ACKs hold them for ~40 ms. Failure only costs latency.
+  error_code ignored;
+  stream_.lowest_layer().set_option(boost::asio::ip::tcp::no_delay(true), ignored);
   ArmDeadline(setup_timer_, options_.handshake_timeout, "tls handshake");
   stream_.async_handshake(
       is_client_ ? ssl::stream_base::client : ssl::stream_base::server,

@@ -290,6 +290,12 @@ std::optional<LoopbackSupervisor::Replica> LoopbackSupervisor::replica(
   return it->second;
 }
 
+size_t LoopbackSupervisor::finished_sessions() const {
+  std::lock_guard lock(mutex_);
+  return static_cast<size_t>(std::count_if(
+      sessions_.begin(), sessions_.end(), [](const auto& entry) { return entry.second.finished; }));
+}
+
 std::vector<std::string> LoopbackSupervisor::rejections() const {
   std::lock_guard lock(mutex_);
   return rejections_;

@@ -86,6 +86,8 @@ class LoopbackSupervisor {
   // Snapshots.
   std::vector<wire::pb::LeafBatch> received() const;  // every LeafBatch, in arrival order
   std::optional<Replica> replica(const SessionId& session) const;
+  // Sessions whose replica sent its last batch (cheap: copies nothing).
+  size_t finished_sessions() const;
   std::vector<std::string> rejections() const;
   std::vector<wire::pb::Error> errors() const;
   int registrations() const;

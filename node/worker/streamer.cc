@@ -66,10 +66,13 @@ bool Streamer::Push(StreamItem item) {
   std::unique_lock lock(mutex_);
   space_.wait(lock, [&] { return closing_ || items_.size() < options_.max_queue_items; });
   if (closing_) return false;
+  // The streaming thread sleeps with items queued only while the outbox is full (an Ack wakes
+  // it), so only the first item needs a wake-up: the thread takes every queued item per round.
+  const bool was_empty = items_.empty();
   items_.push_back(std::move(item));
   metrics_->digest_queue_depth->Set(static_cast<double>(items_.size()));
   lock.unlock();
-  wake_.notify_one();
+  if (was_empty) wake_.notify_one();
   return true;
 }
 

@@ -8,6 +8,7 @@
 #include <filesystem>
 
 #include <stdlib.h>
+#include <sys/resource.h>
 
 #include "common/base/log.h"
 #include "common/cli.h"
@@ -64,6 +65,19 @@ SessionId BenchSessionId(int session) {
   return id;
 }
 
+struct Measurement {
+  double seconds = 0;
+  double cpu_seconds = 0;  // user + system time of the whole process
+  int64_t batches = 0;
+};
+
+double ProcessCpuSeconds() {
+  rusage usage{};
+  ::getrusage(RUSAGE_SELF, &usage);
+  auto seconds = [](const timeval& t) { return static_cast<double>(t.tv_sec) + 1e-6 * t.tv_usec; };
+  return seconds(usage.ru_utime) + seconds(usage.ru_stime);
+}
+
 Status CheckOptions(const WorkerBenchOptions& o) {
   if (o.sessions < 1 || o.sessions > kMaxBenchSessions) {
     return InvalidArgumentError("sessions must be in [1, 256]");
@@ -74,8 +88,8 @@ Status CheckOptions(const WorkerBenchOptions& o) {
   return OkStatus();
 }
 
-// The bare engine: every session submitted, Step until idle. Returns seconds.
-StatusOr<double> RunOff(const Model& model, const WorkerBenchOptions& o) {
+// The bare engine: every session submitted, Step until idle.
+StatusOr<Measurement> RunOff(const Model& model, const WorkerBenchOptions& o) {
   FP_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> backend, CpuBackend::Create({o.threads}));
   EngineOptions options;
   options.max_batch_sequences = std::max(32, o.sessions);
@@ -91,11 +105,13 @@ StatusOr<double> RunOff(const Model& model, const WorkerBenchOptions& o) {
   }
   std::vector<StepOutput> outputs;
   const Clock::time_point start = Clock::now();
+  const double cpu_start = ProcessCpuSeconds();
   while (engine->HasWork()) {
     outputs.clear();
     FP_RETURN_IF_ERROR(engine->Step(&outputs));
   }
-  return std::chrono::duration<double>(Clock::now() - start).count();
+  return Measurement{std::chrono::duration<double>(Clock::now() - start).count(),
+                     ProcessCpuSeconds() - cpu_start, 0};
 }
 
 WorkerConfig OnConfig(const std::string& model_dir, const ScratchDir& scratch, uint16_t port,
@@ -132,10 +148,9 @@ wire::pb::Assign BenchAssign(int session, const WorkerBenchOptions& o, const Cat
   return assign;
 }
 
-// The whole worker against a loopback supervisor. Returns seconds and the batches received.
-StatusOr<std::pair<double, int64_t>> RunOn(const std::string& model_dir, int64_t vocab,
-                                           const ScratchDir& scratch, const WorkerBenchOptions& o,
-                                           int run) {
+// The whole worker against a loopback supervisor.
+StatusOr<Measurement> RunOn(const std::string& model_dir, int64_t vocab, const ScratchDir& scratch,
+                            const WorkerBenchOptions& o, int run) {
   LoopbackOptions loopback;
   loopback.certs_dir = scratch.Join("certs");
   loopback.server_name = kSupervisorName;
@@ -151,26 +166,29 @@ StatusOr<std::pair<double, int64_t>> RunOn(const std::string& model_dir, int64_t
   }
   const CatalogEntry& entry = worker->catalog().entries[0];
   const Clock::time_point start = Clock::now();
+  const double cpu_start = ProcessCpuSeconds();
   for (int i = 0; i < o.sessions; ++i) {
     FP_RETURN_IF_ERROR(supervisor->Assign(BenchAssign(i, o, entry, vocab)));
   }
   const bool done = supervisor->WaitUntil(
-      [&] {
-        for (int i = 0; i < o.sessions; ++i) {
-          std::optional<LoopbackSupervisor::Replica> r = supervisor->replica(BenchSessionId(i));
-          if (!r.has_value() || !r->finished) return false;
-        }
-        return true;
-      },
+      [&] { return supervisor->finished_sessions() == static_cast<size_t>(o.sessions); },
       kRunLimit);
-  const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  const Measurement measured{std::chrono::duration<double>(Clock::now() - start).count(),
+                             ProcessCpuSeconds() - cpu_start,
+                             static_cast<int64_t>(supervisor->received().size())};
   worker->Stop();
   if (!done) return DeadlineExceededError("the worker did not finish within a minute");
   if (!supervisor->rejections().empty()) {
     return InternalError("the loopback supervisor refused a batch: " +
                          supervisor->rejections().front());
   }
-  return std::make_pair(seconds, static_cast<int64_t>(supervisor->received().size()));
+  return measured;
+}
+
+double Median(std::vector<double> values) {
+  std::sort(values.begin(), values.end());
+  const size_t n = values.size();
+  return n % 2 == 1 ? values[n / 2] : 0.5 * (values[n / 2 - 1] + values[n / 2]);
 }
 
 // Host seconds to digest one bf16 hidden row of `hidden` elements.
@@ -205,20 +223,28 @@ StatusOr<WorkerBenchResult> RunWorkerBench(const WorkerBenchOptions& o) {
   WorkerBenchResult result;
   result.output_tokens = static_cast<int64_t>(o.sessions) * o.max_tokens;
   result.hidden_size = model->config().hidden_size;
-  result.off_seconds = 1e300;
-  result.on_seconds = 1e300;
+  std::vector<double> off_seconds;
+  std::vector<double> on_seconds;
+  std::vector<double> ratios;  // on / off seconds of adjacent runs, which share the machine's load
+  std::vector<double> off_cpu;
+  std::vector<double> on_cpu;
   for (int run = 0; run < o.repeats; ++run) {
-    FP_ASSIGN_OR_RETURN(double off, RunOff(*model, o));
-    result.off_seconds = std::min(result.off_seconds, off);
-    FP_ASSIGN_OR_RETURN(auto on, RunOn(model_dir, vocab, scratch, o, run));
-    if (on.first < result.on_seconds) {
-      result.on_seconds = on.first;
-      result.batches = on.second;
-    }
+    FP_ASSIGN_OR_RETURN(Measurement off, RunOff(*model, o));
+    FP_ASSIGN_OR_RETURN(Measurement on, RunOn(model_dir, vocab, scratch, o, run));
+    off_seconds.push_back(off.seconds);
+    on_seconds.push_back(on.seconds);
+    ratios.push_back(on.seconds / off.seconds);
+    off_cpu.push_back(off.cpu_seconds);
+    on_cpu.push_back(on.cpu_seconds);
+    result.batches = on.batches;
   }
+  result.off_seconds = Median(off_seconds);
+  result.on_seconds = Median(on_seconds);
+  result.off_cpu_seconds = Median(off_cpu);
+  result.on_cpu_seconds = Median(on_cpu);
   result.off_tokens_per_second = static_cast<double>(result.output_tokens) / result.off_seconds;
   result.on_tokens_per_second = static_cast<double>(result.output_tokens) / result.on_seconds;
-  result.overhead = 1.0 - result.on_tokens_per_second / result.off_tokens_per_second;
+  result.overhead = 1.0 - 1.0 / Median(ratios);
   FP_ASSIGN_OR_RETURN(result.digest_seconds_per_step, DigestCost(result.hidden_size));
   return result;
 }
@@ -242,14 +268,18 @@ void AddWorkerBench(CLI::App& bench) {
   command->add_option("--window-ms", o->window_ms, "T")->check(CLI::Range(0, 60'000));
   command->add_option("--max-unverified", o->max_unverified_steps, "Backpressure window")
       ->check(CLI::Range(1, 1 << 20));
-  command->add_option("--repeats", o->repeats, "Runs of each; the best counts")
+  command->add_option("--repeats", o->repeats, "Alternating runs of each; medians count")
       ->check(CLI::Range(1, 20));
   SetAction(command, [o]() -> Status {
     InitLogging(LogLevel::kWarn, LogFormat::kText);
     FP_ASSIGN_OR_RETURN(node::worker::WorkerBenchResult r, node::worker::RunWorkerBench(*o));
-    std::fprintf(stderr, "%-14s %-10s %-14s\n", "verification", "seconds", "out tokens/s");
-    std::fprintf(stderr, "%-14s %-10.3f %-14.1f\n", "off", r.off_seconds, r.off_tokens_per_second);
-    std::fprintf(stderr, "%-14s %-10.3f %-14.1f\n", "on", r.on_seconds, r.on_tokens_per_second);
+    const double tokens = static_cast<double>(r.output_tokens);
+    std::fprintf(stderr, "%-14s %-10s %-14s %-14s\n", "verification", "seconds", "out tokens/s",
+                 "cpu us/token");
+    std::fprintf(stderr, "%-14s %-10.3f %-14.1f %-14.2f\n", "off", r.off_seconds,
+                 r.off_tokens_per_second, 1e6 * r.off_cpu_seconds / tokens);
+    std::fprintf(stderr, "%-14s %-10.3f %-14.1f %-14.2f\n", "on", r.on_seconds,
+                 r.on_tokens_per_second, 1e6 * r.on_cpu_seconds / tokens);
     std::fprintf(stderr, "overhead %.1f%%, %lld batches, digest %.2f us/step (hidden %lld)\n",
                  100.0 * r.overhead, static_cast<long long>(r.batches),
                  1e6 * r.digest_seconds_per_step, static_cast<long long>(r.hidden_size));
@@ -258,12 +288,13 @@ void AddWorkerBench(CLI::App& bench) {
         "\"max_tokens\":%d,\"threads\":%d,\"window_steps\":%u,\"window_ms\":%lld,"
         "\"output_tokens\":%lld,\"off\":{\"seconds\":%.4f,\"output_tokens_per_second\":%.1f},"
         "\"on\":{\"seconds\":%.4f,\"output_tokens_per_second\":%.1f,\"batches\":%lld},"
-        "\"overhead\":%.4f,\"digest_seconds_per_step\":%.9f,\"hidden_size\":%lld}\n",
+        "\"overhead\":%.4f,\"off_cpu_seconds\":%.4f,\"on_cpu_seconds\":%.4f,"
+        "\"digest_seconds_per_step\":%.9f,\"hidden_size\":%lld}\n",
         o->sessions, o->prompt_tokens, o->max_tokens, o->threads, o->window_steps,
         static_cast<long long>(o->window_ms), static_cast<long long>(r.output_tokens),
         r.off_seconds, r.off_tokens_per_second, r.on_seconds, r.on_tokens_per_second,
-        static_cast<long long>(r.batches), r.overhead, r.digest_seconds_per_step,
-        static_cast<long long>(r.hidden_size));
+        static_cast<long long>(r.batches), r.overhead, r.off_cpu_seconds, r.on_cpu_seconds,
+        r.digest_seconds_per_step, static_cast<long long>(r.hidden_size));
     return OkStatus();
   });
 }

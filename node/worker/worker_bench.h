@@ -25,17 +25,24 @@ struct WorkerBenchOptions {
   uint32_t window_steps = 16;
   int64_t window_ms = 50;
   uint32_t max_unverified_steps = 64;
-  int repeats = 3;  // off and on alternate; the best of each is reported
+  // Off and on alternate this many times. Medians are reported, and the overhead is taken from
+  // the median of the on/off time ratios of adjacent runs (robust to a shared machine's load).
+  int repeats = 5;
 };
 
 struct WorkerBenchResult {
   int64_t output_tokens = 0;  // per run
-  double off_seconds = 0;
+  double off_seconds = 0;     // medians over the runs
   double off_tokens_per_second = 0;
   double on_seconds = 0;
   double on_tokens_per_second = 0;
-  double overhead = 0;                 // 1 - on / off
-  int64_t batches = 0;                 // LeafBatches the supervisor received in the best "on" run
+  double overhead = 0;  // 1 - 1 / median(on seconds / off seconds)
+  int64_t batches = 0;  // LeafBatches the supervisor received in the last "on" run
+  // Process CPU time (medians): "on" includes the loopback supervisor's threads, so the
+  // difference is an upper bound on the worker's verification CPU cost. CPU time hardly depends
+  // on how busy the machine is, unlike wall time.
+  double off_cpu_seconds = 0;
+  double on_cpu_seconds = 0;
   double digest_seconds_per_step = 0;  // host SHA-256 state digest of one hidden row
   int64_t hidden_size = 0;
 };

@@ -43,7 +43,7 @@ struct BenchArgs {
   uint32_t sessions = 32;
   uint32_t replicas = 3;
   uint32_t batch_steps = 64;
-  uint32_t in_flight = 32;
+  uint32_t in_flight = 8;
   uint32_t io_threads = 1;
   uint32_t clients = 4;
   uint32_t steps = 1024;  // proofs: steps per session

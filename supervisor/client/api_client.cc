@@ -348,13 +348,21 @@ StatusOr<SessionView> ApiClient::WaitDone(
   const auto deadline = Clock::now() + timeout;
   std::optional<SessionView> last;
   while (true) {
-    FP_ASSIGN_OR_RETURN(SessionView view, Session(session_id));
+    StatusOr<SessionView> polled = Session(session_id);
+    // The supervisor acknowledges a submission once its Admit record is durable, which can be
+    // just before the record is applied: until then the session reads as NotFound.
+    if (!last.has_value() && polled.status().code() == StatusCode::kNotFound &&
+        Clock::now() < deadline) {
+      std::this_thread::sleep_for(kSessionPollInterval);
+      continue;
+    }
+    FP_ASSIGN_OR_RETURN(SessionView view, std::move(polled));
     if (on_change && (!last.has_value() || !SameState(*last, view))) on_change(view);
     if (view.done()) return view;
     if (Clock::now() >= deadline) {
-      return DeadlineExceededError(fmt::format(
-          "session {} is still {} ({} steps verified) after {} ms", session_id, view.phase,
-          view.verified_steps, timeout.count()));
+      return DeadlineExceededError(
+          fmt::format("session {} is still {} ({} steps verified) after {} ms", session_id,
+                      view.phase, view.verified_steps, timeout.count()));
     }
     last = std::move(view);
     std::this_thread::sleep_for(kSessionPollInterval);

@@ -137,7 +137,9 @@ class ApiClient {
   StatusOr<SessionView> Session(const std::string& session_id);
   // Polls the state until the session is verified or failed, calling `on_change` (may be empty)
   // whenever the state differs from the previous poll. Returns the final state (a failed session
-  // is returned, not an error); DeadlineExceeded when `timeout` passes first.
+  // is returned, not an error); DeadlineExceeded when `timeout` passes first. A session that is
+  // not found is polled again until it is first seen (a submission is acknowledged when durable,
+  // and can be read once applied), then NotFound is an error.
   StatusOr<SessionView> WaitDone(const std::string& session_id, std::chrono::milliseconds timeout,
                                  const std::function<void(const SessionView&)>& on_change);
   // The verified tokens and receipt of a verified session (GET /v1/sessions/{id}/events).

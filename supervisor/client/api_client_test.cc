@@ -116,8 +116,7 @@ TEST_F(ApiClientTest, SessionStateWithoutAFieldIsDataLoss) {
   EXPECT_THAT(ParseSessionView("not json"), StatusIs(StatusCode::kDataLoss));
   boost::json::object verified = boost::json::parse(kSessionJson).as_object();
   verified.erase("session_root");
-  EXPECT_THAT(ParseSessionView(boost::json::serialize(verified)),
-              StatusIs(StatusCode::kDataLoss));
+  EXPECT_THAT(ParseSessionView(boost::json::serialize(verified)), StatusIs(StatusCode::kDataLoss));
 }
 
 TEST_F(ApiClientTest, EventStreamThatSkipsAStepIsDataLoss) {

@@ -19,6 +19,9 @@
 namespace fp::client {
 namespace {
 
+// The ledger formats (supervisor/state/state.proto).
+namespace record_pb = ::fieldprint::supervisor;
+
 namespace json = boost::json;
 using Clock = std::chrono::steady_clock;
 
@@ -70,24 +73,23 @@ bool CheckInclusion(const tlog::ProofBundle& bundle, const Hash& leaf_hash,
     Add(report, "inclusion", false, std::string(verified.status().message()));
     return false;
   }
-  Add(report, "inclusion",
-      true,
-      fmt::format("ledger entry {} of {} (leaf hash {}) is in the checkpoint's tree",
-                  bundle.index, report.checkpoint_size, HexEncode(leaf_hash)));
+  Add(report, "inclusion", true,
+      fmt::format("ledger entry {} of {} (leaf hash {}) is in the checkpoint's tree", bundle.index,
+                  report.checkpoint_size, HexEncode(leaf_hash)));
   return true;
 }
 
 // Check 3: the entry is a session record (of `session_id` unless empty).
-std::optional<supervisor::pb::SessionRecord> CheckRecord(const tlog::ProofBundle& bundle,
-                                                        std::string_view session_id,
-                                                        AuditReport& report) {
-  supervisor::pb::LedgerEntry entry;
+std::optional<record_pb::SessionRecord> CheckRecord(const tlog::ProofBundle& bundle,
+                                                    std::string_view session_id,
+                                                    AuditReport& report) {
+  record_pb::LedgerEntry entry;
   if (!entry.ParseFromArray(bundle.extra.data(), static_cast<int>(bundle.extra.size())) ||
       !entry.has_session()) {
     Add(report, "record", false, "the ledger entry is not a session record");
     return std::nullopt;
   }
-  const supervisor::pb::SessionRecord& record = entry.session();
+  const record_pb::SessionRecord& record = entry.session();
   report.session_id = HexEncode(AsBytes(record.session_id()));
   report.model = record.model();
   report.steps = record.steps();
@@ -110,15 +112,15 @@ std::optional<supervisor::pb::SessionRecord> CheckRecord(const tlog::ProofBundle
     return std::nullopt;
   }
   Add(report, "record", true,
-      fmt::format("session {}: model '{}', {} steps, {} replicas, {} divergences, root {}",
+      fmt::format("session {}: model '{}', {} steps, {} replicas, {} divergence(s), root {}",
                   report.session_id, report.model, report.steps, report.replicas,
                   report.divergences, HexEncode(report.session_root)));
   return record;
 }
 
 // Check 4: every step leaf is in the record's session tree.
-bool CheckSteps(const std::vector<StepProofView>& steps,
-                const supervisor::pb::SessionRecord& record, AuditReport& report) {
+bool CheckSteps(const std::vector<StepProofView>& steps, const record_pb::SessionRecord& record,
+                AuditReport& report) {
   if (steps.size() != record.steps()) {
     Add(report, "steps", false,
         fmt::format("{} step proofs for a record of {} steps", steps.size(), record.steps()));
@@ -167,11 +169,11 @@ void CheckOutput(AuditReport& report) {
 }
 
 // Checks 1-3. Returns the record when all passed and the extra data is a session record.
-std::optional<supervisor::pb::SessionRecord> CheckBundle(std::string_view text,
-                                                        std::optional<Hash> leaf_hash,
-                                                        const tlog::NoteVerifier& key,
-                                                        std::string_view session_id,
-                                                        AuditReport& report) {
+std::optional<record_pb::SessionRecord> CheckBundle(std::string_view text,
+                                                    std::optional<Hash> leaf_hash,
+                                                    const tlog::NoteVerifier& key,
+                                                    std::string_view session_id,
+                                                    AuditReport& report) {
   StatusOr<tlog::ProofBundle> bundle = tlog::ParseProofBundle(text);
   if (!bundle.ok()) {
     Add(report, "checkpoint", false,
@@ -227,9 +229,9 @@ StatusOr<AuditMaterial> FetchAuditMaterial(ApiClient& api, const std::string& se
     }
     if (bundle.status().code() != StatusCode::kFailedPrecondition) return bundle.status();
     if (Clock::now() >= deadline) {
-      return DeadlineExceededError(fmt::format(
-          "no signed checkpoint covers session {} after {} ms: {}", session_id, timeout.count(),
-          bundle.status().message()));
+      return DeadlineExceededError(
+          fmt::format("no signed checkpoint covers session {} after {} ms: {}", session_id,
+                      timeout.count(), bundle.status().message()));
     }
     std::this_thread::sleep_for(kBundleRetryInterval);
   }
@@ -237,7 +239,7 @@ StatusOr<AuditMaterial> FetchAuditMaterial(ApiClient& api, const std::string& se
   // The step count comes from the unverified record here; VerifyAudit checks it against the
   // signed one, so a lie only makes the audit fail.
   FP_ASSIGN_OR_RETURN(tlog::ProofBundle bundle, tlog::ParseProofBundle(material.bundle));
-  supervisor::pb::LedgerEntry entry;
+  record_pb::LedgerEntry entry;
   if (!entry.ParseFromArray(bundle.extra.data(), static_cast<int>(bundle.extra.size())) ||
       !entry.has_session()) {
     return InvalidArgumentError("the bundle's entry is not a session record");
@@ -260,7 +262,7 @@ AuditReport VerifyAudit(const AuditMaterial& material, const tlog::NoteVerifier&
   AuditReport report;
   report.origin = ReportOrigin(key, origin);
   report.key = KeyLabel(key);
-  std::optional<supervisor::pb::SessionRecord> record =
+  std::optional<record_pb::SessionRecord> record =
       CheckBundle(material.bundle, std::nullopt, key, material.session_id, report);
   if (!record.has_value() || !material.steps.has_value()) return report;
   if (CheckSteps(*material.steps, *record, report)) CheckOutput(report);
@@ -290,15 +292,16 @@ std::string FormatAuditReport(const AuditReport& report) {
 json::object AuditReportJson(const AuditReport& report) {
   json::array checks;
   for (const AuditCheck& check : report.checks) {
-    checks.push_back(json::object{{"name", check.name}, {"ok", check.ok}, {"detail", check.detail}});
+    checks.push_back(
+        json::object{{"name", check.name}, {"ok", check.ok}, {"detail", check.detail}});
   }
   json::object body;
   body["verified"] = report.ok();
   body["checks"] = std::move(checks);
   body["origin"] = report.origin;
   body["key"] = report.key;
-  body["checkpoint"] = json::object{{"size", report.checkpoint_size},
-                                    {"root", HexEncode(report.checkpoint_root)}};
+  body["checkpoint"] =
+      json::object{{"size", report.checkpoint_size}, {"root", HexEncode(report.checkpoint_root)}};
   body["ledger_index"] = report.ledger_index;
   body["entry_leaf_hash"] = HexEncode(report.entry_leaf_hash);
   if (!report.session_id.empty()) {

@@ -41,8 +41,8 @@ namespace fp::client {
 inline constexpr uint64_t kMaxAuditSteps = 256 * 1024;
 
 struct AuditMaterial {
-  std::string session_id;  // 32 hex characters
-  std::string bundle;      // tlog-proof bundle text
+  std::string session_id;                           // 32 hex characters
+  std::string bundle;                               // tlog-proof bundle text
   std::optional<std::vector<StepProofView>> steps;  // proofs of steps 0..steps-1, if fetched
 };
 

@@ -18,6 +18,9 @@
 namespace fp::client {
 namespace {
 
+// The ledger formats (supervisor/state/state.proto).
+namespace record_pb = ::fieldprint::supervisor;
+
 using fp::testing::StatusIs;
 
 constexpr char kOrigin[] = "audit.test/ledger";
@@ -97,12 +100,12 @@ class AuditTest : public ::testing::Test {
   }
 
   // An honest record, or one with the given changes.
-  supervisor::pb::SessionRecord Record() const {
+  record_pb::SessionRecord Record() const {
     std::vector<Hash> leaves;
     for (uint64_t step = 0; step < kSteps; ++step) {
       leaves.push_back(NaiveStepLeaf(session_id_, step, tokens_[step], digests_[step]));
     }
-    supervisor::pb::SessionRecord record;
+    record_pb::SessionRecord record;
     record.set_session_id(session_id_);
     record.set_model("tiny");
     record.set_session_root(HashBytes(NaiveRoot(leaves)));
@@ -113,19 +116,20 @@ class AuditTest : public ::testing::Test {
     return record;
   }
 
-  static std::string EntryBytes(const supervisor::pb::SessionRecord& record) {
-    supervisor::pb::LedgerEntry entry;
+  static std::string EntryBytes(const record_pb::SessionRecord& record) {
+    record_pb::LedgerEntry entry;
     *entry.mutable_session() = record;
     return entry.SerializeAsString();
   }
 
   // The bundle of `record` as entry kRecordIndex of a four-entry ledger, signed by `signer_`.
-  std::string Bundle(const supervisor::pb::SessionRecord& record) const {
+  std::string Bundle(const record_pb::SessionRecord& record) const {
     const std::string bytes = EntryBytes(record);
     std::vector<Hash> ledger = {NaiveLeaf(AsBytes("entry 0")), NaiveLeaf(AsBytes("entry 1")),
                                 NaiveLeaf(AsBytes(bytes)), NaiveLeaf(AsBytes("entry 3"))};
     tlog::Checkpoint checkpoint{kOrigin, ledger.size(), NaiveRoot(ledger), {}};
-    auto note = tlog::SignCheckpoint(checkpoint, std::span<const tlog::NoteSigner>(signer_.get(), 1));
+    auto note =
+        tlog::SignCheckpoint(checkpoint, std::span<const tlog::NoteSigner>(signer_.get(), 1));
     FP_CHECK_OK(note);
     tlog::ProofBundle bundle;
     bundle.extra.assign(bytes.begin(), bytes.end());
@@ -243,7 +247,7 @@ TEST_F(AuditTest, TamperedRecordFailsInclusion) {
   AuditMaterial material = Material();
   auto bundle = tlog::ParseProofBundle(material.bundle);
   ASSERT_OK(bundle);
-  supervisor::pb::LedgerEntry entry;
+  record_pb::LedgerEntry entry;
   ASSERT_TRUE(entry.ParseFromArray(bundle->extra.data(), static_cast<int>(bundle->extra.size())));
   entry.mutable_session()->set_divergences(0);  // hide the divergence
   const std::string bytes = entry.SerializeAsString();
@@ -289,7 +293,7 @@ TEST_F(AuditTest, MissingStepFailsTheSteps) {
 }
 
 TEST_F(AuditTest, RecordWhoseOutputHashLiesFailsTheOutput) {
-  supervisor::pb::SessionRecord record = Record();
+  record_pb::SessionRecord record = Record();
   record.set_output_hash(HashBytes(Sha256("another output")));
   AuditMaterial material = Material();
   material.bundle = Bundle(record);

@@ -83,18 +83,18 @@ Status ReportVerified(const SubmitArgs& args, const std::vector<uint32_t>& promp
                       const client::SessionView& view, const client::SessionOutput& output) {
   const bool prompt_ok =
       ReceiptString(output.receipt, "prompt_hash") == HexEncode(client::TokenHash(prompt));
-  const bool output_ok =
-      ReceiptString(output.receipt, "output_hash") == HexEncode(client::TokenHash(output.token_ids));
+  const bool output_ok = ReceiptString(output.receipt, "output_hash") ==
+                         HexEncode(client::TokenHash(output.token_ids));
   if (args.json) {
     json::array tokens;
     for (uint32_t token : output.token_ids) tokens.emplace_back(token);
-    PrintJson(json::object{{"session_id", view.session_id},
-                           {"phase", view.phase},
-                           {"output_text", client::ByteOutputText(output.token_ids)},
-                           {"output_token_ids", std::move(tokens)},
-                           {"receipt", output.receipt},
-                           {"receipt_checks", json::object{{"prompt_hash", prompt_ok},
-                                                           {"output_hash", output_ok}}}});
+    PrintJson(json::object{
+        {"session_id", view.session_id},
+        {"phase", view.phase},
+        {"output_text", client::ByteOutputText(output.token_ids)},
+        {"output_token_ids", std::move(tokens)},
+        {"receipt", output.receipt},
+        {"receipt_checks", json::object{{"prompt_hash", prompt_ok}, {"output_hash", output_ok}}}});
   } else {
     std::printf("session     %s (verified)\n", view.session_id.c_str());
     std::printf("output      %s\n", client::ByteOutputText(output.token_ids).c_str());
@@ -180,8 +180,8 @@ Status RunVerify(const VerifyArgs& args) {
   std::ostringstream text;
   text << file.rdbuf();
   if (text.str().size() > tlog::kMaxBundleBytes) {
-    return InvalidArgumentError(fmt::format("{} is larger than any proof bundle",
-                                            args.bundle_file));
+    return InvalidArgumentError(
+        fmt::format("{} is larger than any proof bundle", args.bundle_file));
   }
   const client::AuditReport report = client::VerifyBundle(text.str(), leaf_hash, key, args.origin);
   if (args.json) {
@@ -207,8 +207,8 @@ void AddSubmitCommand(CLI::App& app) {
   CLI::App* cmd = app.add_subcommand("submit", "Submit a session to a supervisor's HTTP API");
   cmd->add_option("--supervisor", args->supervisor, "http://HOST:PORT")->required();
   cmd->add_option("--model", args->model, "Model id the supervisor serves")->capture_default_str();
-  CLI::Option* text = cmd->add_option(
-      "--prompt", args->prompt, "Prompt text (byte-level models: one token per UTF-8 byte)");
+  CLI::Option* text = cmd->add_option("--prompt", args->prompt,
+                                      "Prompt text (byte-level models: one token per UTF-8 byte)");
   CLI::Option* ids =
       cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt token ids: 1,2,3")->delimiter(',');
   text->excludes(ids);
@@ -243,8 +243,8 @@ void AddAuditCommand(CLI::App& app) {
 
 void AddVerifyCommand(CLI::App& app) {
   auto args = std::make_shared<VerifyArgs>();
-  CLI::App* cmd = app.add_subcommand(
-      "verify", "Verify a tlog-proof bundle file offline against a pinned key");
+  CLI::App* cmd =
+      app.add_subcommand("verify", "Verify a tlog-proof bundle file offline against a pinned key");
   cmd->add_option("bundle", args->bundle_file, "The bundle (c2sp.org/tlog-proof@v1)")->required();
   AddKeyOptions(cmd, args->key, args->key_file, args->origin);
   cmd->add_option("--leaf-hash", args->leaf_hash,

@@ -1,9 +1,6 @@
 // `fieldprint demo`; see demo.h.
 #include "supervisor/client/demo.h"
 
-#include <signal.h>
-#include <stdlib.h>
-
 #include <atomic>
 #include <filesystem>
 #include <map>
@@ -12,6 +9,8 @@
 
 #include <boost/json.hpp>
 #include <fmt/format.h>
+#include <signal.h>
+#include <stdlib.h>
 
 #include "common/base/bytes.h"
 #include "supervisor/client/api_client.h"
@@ -77,9 +76,7 @@ class Printer {
     std::fputs(text.c_str(), out_);
     std::fflush(out_);
   }
-  double seconds() const {
-    return std::chrono::duration<double>(Clock::now() - start_).count();
-  }
+  double seconds() const { return std::chrono::duration<double>(Clock::now() - start_).count(); }
 
  private:
   std::FILE* out_;
@@ -88,9 +85,9 @@ class Printer {
 
 StatusOr<std::string> MakeTempDir() {
   const char* base = std::getenv("TMPDIR");
-  std::string pattern = (fs::path(base != nullptr && *base != '\0' ? base : "/tmp") /
-                         "fieldprint-demo-XXXXXX")
-                            .string();
+  std::string pattern =
+      (fs::path(base != nullptr && *base != '\0' ? base : "/tmp") / "fieldprint-demo-XXXXXX")
+          .string();
   if (mkdtemp(pattern.data()) == nullptr) {
     return UnavailableError(fmt::format("mkdtemp {}: {}", pattern, std::strerror(errno)));
   }
@@ -134,24 +131,23 @@ std::vector<std::string> DescribeChange(const std::optional<SessionView>& before
     events.push_back(fmt::format("{} waiting: a replica needs a new worker", id));
   }
   if (before.has_value() && now.divergences > before->divergences) {
-    events.push_back(fmt::format("{} DIVERGENCE #{}: replicas disagree on a step leaf", id,
-                                 now.divergences));
+    events.push_back(
+        fmt::format("{} DIVERGENCE #{}: replicas disagree on a step leaf", id, now.divergences));
   }
-  for (size_t r = 0; before.has_value() && r < now.replicas.size() &&
-                     r < before->replicas.size();
+  for (size_t r = 0; before.has_value() && r < now.replicas.size() && r < before->replicas.size();
        ++r) {
     const ReplicaView& old_replica = before->replicas[r];
     const ReplicaView& replica = now.replicas[r];
     if (replica.epoch <= old_replica.epoch) continue;
     if (replica.worker_id == old_replica.worker_id) {
-      events.push_back(fmt::format("{} replica {} on {} rolled back (epoch {}): it regenerates "
-                                   "from the divergent step",
-                                   id, r, replica.worker_id, replica.epoch));
+      events.push_back(
+          fmt::format("{} replica {} on {} rolled back (epoch {}): it regenerates "
+                      "from the divergent step",
+                      id, r, replica.worker_id, replica.epoch));
     } else {
-      events.push_back(fmt::format("{} replica {} moved from {} to {} (epoch {})", id, r,
-                                   old_replica.worker_id,
-                                   replica.worker_id.empty() ? "(none yet)" : replica.worker_id,
-                                   replica.epoch));
+      events.push_back(
+          fmt::format("{} replica {} moved from {} to {} (epoch {})", id, r, old_replica.worker_id,
+                      replica.worker_id.empty() ? "(none yet)" : replica.worker_id, replica.epoch));
     }
   }
   if (phase_changed && now.phase == "verified") {
@@ -196,15 +192,21 @@ Status FollowSessions(ApiClient& api, const DemoOptions& options, Printer& print
     bool all_done = true;
     for (DemoSession& session : sessions) {
       if (session.state.has_value() && session.state->done()) continue;
-      FP_ASSIGN_OR_RETURN(SessionView now, api.Session(session.id));
+      StatusOr<SessionView> polled = api.Session(session.id);
+      // Acknowledged (durable) but not applied yet: it shows up on a later poll.
+      if (!session.state.has_value() && polled.status().code() == StatusCode::kNotFound) {
+        all_done = false;
+        continue;
+      }
+      FP_ASSIGN_OR_RETURN(SessionView now, std::move(polled));
       for (const std::string& event : DescribeChange(session.state, now)) printer.Event(event);
       all_done = all_done && now.done();
       session.state = std::move(now);
     }
     if (all_done) return OkStatus();
     if (Clock::now() >= deadline) {
-      return DeadlineExceededError(fmt::format("sessions still running after {} ms",
-                                               options.timeout.count()));
+      return DeadlineExceededError(
+          fmt::format("sessions still running after {} ms", options.timeout.count()));
     }
     std::this_thread::sleep_for(kSessionPollInterval);
   }
@@ -212,14 +214,14 @@ Status FollowSessions(ApiClient& api, const DemoOptions& options, Printer& print
 
 void PrintTable(const std::vector<DemoSession>& sessions, Printer& printer) {
   printer.Line("\nSessions");
-  printer.Line(fmt::format("  {:<32}  {:<8}  {:>5}  {:>11}  {:>9}  {}", "session", "phase",
-                           "steps", "divergences", "rollbacks", "verified root"));
+  printer.Line(fmt::format("  {:<32}  {:<8}  {:>5}  {:>11}  {:>9}  {}", "session", "phase", "steps",
+                           "divergences", "rollbacks", "verified root"));
   for (const DemoSession& session : sessions) {
     const SessionView& state = *session.state;
-    printer.Line(fmt::format("  {:<32}  {:<8}  {:>5}  {:>11}  {:>9}  {}", state.session_id,
-                             state.phase, state.verified_steps, state.divergences,
-                             state.epochs_advanced(),
-                             state.session_root.empty() ? "-" : state.session_root));
+    printer.Line(
+        fmt::format("  {:<32}  {:<8}  {:>5}  {:>11}  {:>9}  {}", state.session_id, state.phase,
+                    state.verified_steps, state.divergences, state.epochs_advanced(),
+                    state.session_root.empty() ? "-" : state.session_root.substr(0, 16) + "..."));
   }
   printer.Line("  (rollbacks: replica epochs advanced, by rollback or re-placement)");
   for (const DemoSession& session : sessions) {
@@ -233,16 +235,14 @@ void PrintTable(const std::vector<DemoSession>& sessions, Printer& printer) {
 Status ReadOutputs(ApiClient& api, std::vector<DemoSession>& sessions) {
   for (DemoSession& session : sessions) {
     if (session.state->phase != "verified") {
-      return AbortedError(
-          fmt::format("session {} failed: {}", session.id, session.state->failure));
+      return AbortedError(fmt::format("session {} failed: {}", session.id, session.state->failure));
     }
     FP_ASSIGN_OR_RETURN(session.output, api.Output(session.id));
     const boost::json::value* hash = session.output.receipt.if_contains("output_hash");
     if (hash == nullptr || !hash->is_string() ||
         hash->get_string() != HexEncode(TokenHash(session.output.token_ids))) {
-      return DataLossError(
-          fmt::format("session {}: the receipt's output hash does not match its tokens",
-                      session.id));
+      return DataLossError(fmt::format(
+          "session {}: the receipt's output hash does not match its tokens", session.id));
     }
   }
   return OkStatus();
@@ -266,8 +266,7 @@ Status AuditOne(ApiClient& api, const LocalCluster& cluster, const DemoSession& 
   return OkStatus();
 }
 
-void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id,
-                    Printer& printer) {
+void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id, Printer& printer) {
   const std::string url = cluster.api_url();
   printer.Line("\nEndpoints");
   printer.Line(fmt::format("  API          {}   (curl {}/v1/sessions/{})", url, url, session_id));
@@ -275,14 +274,15 @@ void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id,
   printer.Line(fmt::format("  bundle       curl {}/v1/sessions/{}/bundle", url, session_id));
   printer.Line(fmt::format("  metrics      {}/metrics (supervisor)", url));
   for (const ProcessInfo& worker : cluster.worker_infos()) {
-    printer.Line(fmt::format("               http://127.0.0.1:{}/metrics ({})",
-                             worker.metrics_port, worker.name));
+    printer.Line(fmt::format("               http://127.0.0.1:{}/metrics ({})", worker.metrics_port,
+                             worker.name));
   }
   printer.Line(fmt::format("  key          {}  (in {})", cluster.verifier_key(),
                            cluster.verifier_key_file()));
-  printer.Line(fmt::format("  audit        fieldprint audit --supervisor {} --session {} "
-                           "--key-file {}",
-                           url, session_id, cluster.verifier_key_file()));
+  printer.Line(
+      fmt::format("  audit        fieldprint audit --supervisor {} --session {} "
+                  "--key-file {}",
+                  url, session_id, cluster.verifier_key_file()));
 }
 
 void PrintKept(const LocalCluster& cluster, const std::string& dir, Printer& printer) {
@@ -318,8 +318,7 @@ Status RunSessions(const DemoOptions& options, LocalCluster& cluster, Printer& p
   }
   audited_id = audited->id;
   if (audited->state->divergences == 0) {
-    return FailedPreconditionError(
-        "the injected bit flip was not detected: no session diverged");
+    return FailedPreconditionError("the injected bit flip was not detected: no session diverged");
   }
   FP_RETURN_IF_ERROR(AuditOne(api, cluster, *audited, printer));
   PrintEndpoints(cluster, audited->id, printer);
@@ -358,8 +357,8 @@ Status RunDemo(const DemoOptions& options, std::FILE* out) {
   cluster_options.die_with_parent = !options.keep;
   cluster_options.log_level = "warn";
   // One transient fault: the last worker flips a bit of the hidden state of its first session.
-  cluster_options.fault = WorkerFault{options.workers - 1, "hidden-bit", 0,
-                                      std::min<uint64_t>(5, options.max_tokens / 2), 14, 0};
+  cluster_options.fault = WorkerFault{
+      options.workers - 1, "hidden-bit", 0, std::min<uint64_t>(5, options.max_tokens / 2), 14, 0};
   printer.Line(fmt::format(
       "fieldprint demo: 1 supervisor and {} workers as separate processes on loopback (CPU "
       "engine)\n  directory {}",
@@ -367,8 +366,8 @@ Status RunDemo(const DemoOptions& options, std::FILE* out) {
   StatusOr<std::unique_ptr<LocalCluster>> cluster =
       LocalCluster::Start(cluster_options, [&](const std::string& line) { printer.Event(line); });
   std::string audited_id;
-  Status result = cluster.ok() ? RunSessions(options, **cluster, printer, audited_id)
-                               : cluster.status();
+  Status result =
+      cluster.ok() ? RunSessions(options, **cluster, printer, audited_id) : cluster.status();
   if (result.ok() && options.keep) {
     (*cluster)->Keep();
     PrintKept(**cluster, cluster_options.dir, printer);
@@ -386,9 +385,10 @@ Status RunDemo(const DemoOptions& options, std::FILE* out) {
   fs::remove_all(cluster_options.dir, error);
   printer.Line(fmt::format("  removed {}{}", cluster_options.dir,
                            error ? " (failed: " + error.message() + ")" : ""));
-  printer.Line(fmt::format("\ndemo finished in {:.1f} s: every session verified, the injected "
-                           "fault was caught and repaired, and the audit passed",
-                           printer.seconds()));
+  printer.Line(
+      fmt::format("\ndemo finished in {:.1f} s: every session verified, the injected "
+                  "fault was caught and repaired, and the audit passed",
+                  printer.seconds()));
   return OkStatus();
 }
 

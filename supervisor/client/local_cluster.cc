@@ -1,8 +1,6 @@
 // LocalCluster; see local_cluster.h.
 #include "supervisor/client/local_cluster.h"
 
-#include <signal.h>
-
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -10,6 +8,7 @@
 #include <thread>
 
 #include <fmt/format.h>
+#include <signal.h>
 
 #include "common/tlog/note.h"
 #include "supervisor/client/api_client.h"
@@ -126,10 +125,11 @@ Status LocalCluster::Prepare(const ProgressFn& progress) {
                        model_dir));
   if (options_.fault.has_value()) {
     const WorkerFault& fault = *options_.fault;
-    FP_RETURN_IF_ERROR(WriteFile(
-        fs::path(options_.dir) / "faults.toml",
+    std::string toml =
         fmt::format("[faults]\nkind = \"{}\"\nsession = {}\nstep = {}\nbit = {}\nelement = {}\n",
-                    fault.kind, fault.session, fault.step, fault.bit, fault.element)));
+                    fault.kind, fault.session, fault.step, fault.bit, fault.element);
+    if (fault.kind == "stall") toml += fmt::format("stall-ms = {}\n", fault.stall_ms);
+    FP_RETURN_IF_ERROR(WriteFile(fs::path(options_.dir) / "faults.toml", toml));
   }
   return OkStatus();
 }
@@ -207,16 +207,14 @@ Status LocalCluster::StartWorker(uint32_t index) {
   FP_ASSIGN_OR_RETURN(std::unique_ptr<ChildProcess> worker,
                       ChildProcess::Spawn(name, ProcessFor(name, std::move(argv))));
   const std::string model_prefix = fmt::format("model={} ", kLocalModelName);
-  FP_ASSIGN_OR_RETURN(std::string model_line,
-                      worker->WaitForLine([&](std::string_view line) {
-                        return line.starts_with(model_prefix);
-                      },
-                                          options_.start_timeout));
-  FP_ASSIGN_OR_RETURN(std::string ports_line,
-                      worker->WaitForLine([](std::string_view line) {
-                        return line.starts_with("worker_profile=");
-                      },
-                                          options_.start_timeout));
+  FP_ASSIGN_OR_RETURN(
+      std::string model_line,
+      worker->WaitForLine([&](std::string_view line) { return line.starts_with(model_prefix); },
+                          options_.start_timeout));
+  FP_ASSIGN_OR_RETURN(
+      std::string ports_line,
+      worker->WaitForLine([](std::string_view line) { return line.starts_with("worker_profile="); },
+                          options_.start_timeout));
   const std::string profile = LineValue(model_line, "profile");
   if (profile.empty()) return InternalError(fmt::format("{} printed '{}'", name, model_line));
   if (!profile_.empty() && profile != profile_) {
@@ -273,13 +271,12 @@ Status LocalCluster::StartSupervisorProcess() {
                                    "--log-format",
                                    options_.log_format};
   FP_ASSIGN_OR_RETURN(
-      supervisor_, ChildProcess::Spawn(kLocalSupervisorName,
-                                       ProcessFor(kLocalSupervisorName, std::move(argv))));
+      supervisor_,
+      ChildProcess::Spawn(kLocalSupervisorName, ProcessFor(kLocalSupervisorName, std::move(argv))));
   FP_ASSIGN_OR_RETURN(std::string ports,
-                      supervisor_->WaitForLine([](std::string_view line) {
-                        return line.starts_with("worker_port=");
-                      },
-                                               options_.start_timeout));
+                      supervisor_->WaitForLine(
+                          [](std::string_view line) { return line.starts_with("worker_port="); },
+                          options_.start_timeout));
   FP_ASSIGN_OR_RETURN(http_port_, ParsePort(LineValue(ports, "http_port"), "supervisor"));
   ApiClient api(SupervisorUrl{"127.0.0.1", http_port_});
   return api.WaitReady(options_.start_timeout);
@@ -303,9 +300,9 @@ Status LocalCluster::WaitForWorkers(std::chrono::milliseconds timeout) {
       }
     }
     if (Clock::now() >= deadline) {
-      return DeadlineExceededError(fmt::format(
-          "{} of {} workers registered after {} ms (see {})", active, options_.workers,
-          timeout.count(), (fs::path(options_.dir) / "logs").string()));
+      return DeadlineExceededError(fmt::format("{} of {} workers registered after {} ms (see {})",
+                                               active, options_.workers, timeout.count(),
+                                               (fs::path(options_.dir) / "logs").string()));
     }
     std::this_thread::sleep_for(kSessionPollInterval);
   }
@@ -392,8 +389,8 @@ std::vector<std::string> LocalCluster::Stop() {
   for (const std::unique_ptr<ChildProcess>& worker : workers_) {
     if (worker == nullptr) continue;
     const int status = worker->Stop(options_.stop_grace);
-    lines.push_back(fmt::format("{} (pid {}) {}", worker->name(), worker->pid(),
-                                DescribeWaitStatus(status)));
+    lines.push_back(
+        fmt::format("{} (pid {}) {}", worker->name(), worker->pid(), DescribeWaitStatus(status)));
   }
   if (supervisor_ != nullptr) {
     const int status = supervisor_->Stop(options_.stop_grace);

@@ -35,20 +35,21 @@ inline constexpr char kLocalSupervisorName[] = "supervisor-0";
 // A fault one worker injects (node/worker/fault_plan.h; needs --unsafe-fault-injection, which
 // the cluster passes to that worker only).
 struct WorkerFault {
-  uint32_t worker = 0;             // index of the faulty worker
+  uint32_t worker = 0;              // index of the faulty worker
   std::string kind = "hidden-bit";  // hidden-bit, kv-row, wrong-digest, stall, crash, weight-bit
-  int64_t session = 0;             // ordinal of the targeted session on that worker; -1: all
+  int64_t session = 0;              // ordinal of the targeted session on that worker; -1: all
   uint64_t step = 0;
   int32_t bit = 14;
   int64_t element = 0;
+  int64_t stall_ms = 0;  // stall only
 };
 
 struct LocalClusterOptions {
   std::string binary;  // the fieldprint executable
   std::string dir;     // working directory; created if missing, never removed by the cluster
   uint32_t workers = 3;
-  uint32_t replicas = 3;                     // the supervisor's default per session
-  uint32_t default_max_tokens = 16;          // the supervisor's default per session
+  uint32_t replicas = 3;                      // the supervisor's default per session
+  uint32_t default_max_tokens = 16;           // the supervisor's default per session
   std::vector<std::string> extra_cert_names;  // more node certificates from the same CA
   std::optional<WorkerFault> fault;
   bool die_with_parent = true;  // see ProcessOptions

@@ -1,22 +1,21 @@
 // Child processes; see process.h.
 #include "supervisor/client/process.h"
 
-#include <arpa/inet.h>
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <signal.h>
-#include <sys/prctl.h>
-#include <sys/socket.h>
-#include <sys/wait.h>
-#include <unistd.h>
-
 #include <cerrno>
 #include <climits>
 #include <cstring>
 #include <fstream>
 #include <thread>
 
+#include <arpa/inet.h>
+#include <fcntl.h>
 #include <fmt/format.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 namespace fp::client {
 namespace {
@@ -161,8 +160,8 @@ bool ChildProcess::Running() {
   return true;
 }
 
-StatusOr<std::string> ChildProcess::WaitForLine(
-    const std::function<bool(std::string_view)>& match, std::chrono::milliseconds timeout) {
+StatusOr<std::string> ChildProcess::WaitForLine(const std::function<bool(std::string_view)>& match,
+                                                std::chrono::milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
   while (true) {
     // Checked before reading, so the lines of a child that printed and then exited still count.
@@ -175,9 +174,8 @@ StatusOr<std::string> ChildProcess::WaitForLine(
       start = end + 1;
     }
     if (!running) {
-      return AbortedError(fmt::format("{} {} before printing the expected line; stderr:\n{}",
-                                      name_, DescribeWaitStatus(exit_status_),
-                                      StderrTail(4096)));
+      return AbortedError(fmt::format("{} {} before printing the expected line; stderr:\n{}", name_,
+                                      DescribeWaitStatus(exit_status_), StderrTail(4096)));
     }
     if (Clock::now() >= deadline) {
       return DeadlineExceededError(

@@ -73,7 +73,6 @@ class Applier {
 
   // The next position to apply.
   uint64_t applied() const { return applied_.load(std::memory_order_acquire); }
-  uint64_t clock_ms() const { return clock_ms_; }  // applier thread only
   // Entries in the ledger and sessions per phase, as of the last Apply; any thread.
   uint64_t ledger_size() const;
   pb::PhaseCounts phases() const;

@@ -2,6 +2,9 @@
 // waiting, end markers, and escalation.
 #include "supervisor/state/comparator.h"
 
+#include <algorithm>
+#include <random>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -109,6 +112,73 @@ TEST_F(ComparatorTest, EscalationGoesTruncateRebuildReplaceAtTheSameStep) {
   EXPECT_EQ(Escalate(replica, 10).order, pb::ORDER_KIND_REPLACE);
   // A divergence at another step starts over.
   EXPECT_EQ(Escalate(replica, 11).order, pb::ORDER_KIND_TRUNCATE);
+}
+
+// Property: on random votes, every decision agrees with a direct reading of the rules.
+TEST_F(ComparatorTest, RandomVotesFollowTheRules) {
+  std::mt19937 random(7);
+  for (int trial = 0; trial < 20000; ++trial) {
+    const size_t replicas = 1 + random() % 6;
+    std::vector<Vote> votes;
+    for (size_t i = 0; i < replicas; ++i) {
+      switch (random() % 6) {
+        case 0:
+          votes.push_back(Vote::Missing());
+          break;
+        case 1:
+          votes.push_back(Vote::End());
+          break;
+        case 2:
+          votes.push_back(Vote::BadEnd());
+          break;
+        default:
+          votes.push_back(Vote::Leaf(H(static_cast<uint8_t>(random() % 2))));
+      }
+    }
+    auto count = [&](const Vote& vote) {
+      return std::count_if(votes.begin(), votes.end(),
+                           [&](const Vote& other) { return SameVote(vote, other); });
+    };
+    const bool all_present = std::none_of(
+        votes.begin(), votes.end(), [](const Vote& v) { return v.kind == Vote::Kind::kMissing; });
+    StepDecision decision = DecideStep(votes);
+    SCOPED_TRACE(trial);
+    switch (decision.kind) {
+      case StepDecision::Kind::kAgree:
+        ASSERT_TRUE(all_present);
+        ASSERT_EQ(count(votes[0]), static_cast<long>(replicas));
+        break;
+      case StepDecision::Kind::kDiverge:
+        if (decision.majority.has_value()) {
+          const Vote& majority = votes[*decision.majority];
+          ASSERT_GT(2 * count(majority), static_cast<long>(replicas));
+          for (uint32_t i = 0; i < replicas; ++i) {
+            const bool dissent =
+                votes[i].kind != Vote::Kind::kMissing && !SameVote(votes[i], majority);
+            ASSERT_EQ(dissent,
+                      std::count(decision.minority.begin(), decision.minority.end(), i) == 1);
+          }
+          ASSERT_FALSE(decision.minority.empty());
+        } else {
+          ASSERT_TRUE(all_present);
+          ASSERT_EQ(decision.minority.size(), replicas);
+          for (const Vote& vote : votes) ASSERT_LE(2 * count(vote), static_cast<long>(replicas));
+        }
+        break;
+      case StepDecision::Kind::kWait: {
+        ASSERT_FALSE(all_present);
+        // No present vote may already hold a majority with a dissenter beside it.
+        for (const Vote& vote : votes) {
+          if (vote.kind != Vote::Kind::kMissing && 2 * count(vote) > static_cast<long>(replicas)) {
+            for (const Vote& other : votes) {
+              ASSERT_TRUE(other.kind == Vote::Kind::kMissing || SameVote(other, vote));
+            }
+          }
+        }
+        break;
+      }
+    }
+  }
 }
 
 }  // namespace
