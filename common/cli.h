@@ -1,4 +1,4 @@
-// Subcommands provided by common/: `certs`, `verify`, `bench merkle`.
+// Subcommands provided by common/: `certs` and `bench merkle`.
 //
 // Each Add*Commands function registers subcommands on the binary's CLI11 app; the callbacks run
 // from CLI11_PARSE and exit the process with the command's exit code.
@@ -16,7 +16,7 @@ namespace fp {
 // exits with code 1; OK exits 0.
 void SetAction(CLI::App* command, std::function<Status()> action);
 
-// Registers `certs`, `verify` and the common benchmarks (`bench merkle`) under `bench`.
+// Registers `certs` and the common benchmarks (`bench merkle`) under `bench`.
 void AddCommonCommands(CLI::App& app, CLI::App& bench);
 
 }  // namespace fp

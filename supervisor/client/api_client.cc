@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "common/base/bytes.h"
+#include "common/merkle/merkle.h"
 
 namespace fp::client {
 namespace {
@@ -266,7 +267,7 @@ StatusOr<StepProofView> ParseStepProof(std::string_view json_text) {
   FP_ASSIGN_OR_RETURN(view.leaf_hash, HashField(leaf->get_object(), "leaf_hash", kWhat));
   const json::value* proof = object.if_contains("proof");
   if (proof == nullptr || !proof->is_array() ||
-      proof->get_array().size() > 64) {  // an RFC 6962 path has at most 64 hashes
+      proof->get_array().size() > static_cast<size_t>(merkle::kMaxLevels)) {
     return Malformed(kWhat, "proof");
   }
   for (const json::value& hash : proof->get_array()) {

@@ -12,6 +12,7 @@
 #include "common/base/bytes.h"
 #include "common/cli.h"
 #include "common/tlog/proof_bundle.h"
+#include "common/wire/envelope.h"
 #include "supervisor/client/api_client.h"
 #include "supervisor/client/audit.h"
 #include "supervisor/client/demo.h"
@@ -213,9 +214,9 @@ void AddSubmitCommand(CLI::App& app) {
       cmd->add_option("--prompt-ids", args->prompt_ids, "Prompt token ids: 1,2,3")->delimiter(',');
   text->excludes(ids);
   cmd->add_option("--max-tokens", args->max_tokens, "Output tokens (default: the supervisor's)")
-      ->check(CLI::Range(1u, 256u * 1024u));
+      ->check(CLI::Range(uint32_t{1}, static_cast<uint32_t>(wire::kMaxSessionTokens)));
   cmd->add_option("--replicas", args->replicas, "Replicas (default: the supervisor's)")
-      ->check(CLI::Range(1u, 64u));
+      ->check(CLI::Range(uint32_t{1}, wire::kMaxReplicas));
   cmd->add_option("--temperature", args->temperature, "0: greedy")->check(CLI::Range(0.0, 100.0));
   cmd->add_option("--seed", args->seed, "Sampling seed");
   cmd->add_flag("--wait", args->wait, "Wait until verified; print the output and receipt");
@@ -266,7 +267,7 @@ void AddDemoCommand(CLI::App& app) {
       ->check(CLI::Range(3u, client::kMaxLocalWorkers))
       ->capture_default_str();
   cmd->add_option("--max-tokens", options->max_tokens, "Tokens per session")
-      ->check(CLI::Range(2u, 4096u))
+      ->check(CLI::Range(2u, client::kMaxDemoTokens))
       ->capture_default_str();
   cmd->add_option("--timeout-s", *timeout_s, "Longest wait for the sessions")
       ->check(CLI::Range(1, kMaxTimeoutSeconds))

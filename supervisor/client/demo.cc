@@ -300,9 +300,8 @@ void PrintKept(const LocalCluster& cluster, const std::string& dir, Printer& pri
 }
 
 // The demo proper, once the cluster runs.
-Status RunSessions(const DemoOptions& options, LocalCluster& cluster, Printer& printer,
-                   std::string& audited_id) {
-  ApiClient api(*ParseSupervisorUrl(cluster.api_url()));
+Status RunSessions(const DemoOptions& options, LocalCluster& cluster, Printer& printer) {
+  ApiClient api(SupervisorUrl{"127.0.0.1", cluster.http_port()});
   std::vector<DemoSession> sessions;
   printer.Line(fmt::format("\nSubmitting {} sessions to {}", options.sessions, cluster.api_url()));
   FP_RETURN_IF_ERROR(SubmitSessions(api, options, printer, sessions));
@@ -316,7 +315,6 @@ Status RunSessions(const DemoOptions& options, LocalCluster& cluster, Printer& p
       break;
     }
   }
-  audited_id = audited->id;
   if (audited->state->divergences == 0) {
     return FailedPreconditionError("the injected bit flip was not detected: no session diverged");
   }
@@ -332,8 +330,8 @@ Status CheckOptions(const DemoOptions& options) {
   if (options.workers < 3 || options.workers > kMaxLocalWorkers) {
     return InvalidArgumentError(fmt::format("--workers must be in 3..{}", kMaxLocalWorkers));
   }
-  if (options.max_tokens < 2 || options.max_tokens > 4096) {
-    return InvalidArgumentError("--max-tokens must be in 2..4096");
+  if (options.max_tokens < 2 || options.max_tokens > kMaxDemoTokens) {
+    return InvalidArgumentError(fmt::format("--max-tokens must be in 2..{}", kMaxDemoTokens));
   }
   return OkStatus();
 }
@@ -365,15 +363,14 @@ Status RunDemo(const DemoOptions& options, std::FILE* out) {
       options.workers, cluster_options.dir));
   StatusOr<std::unique_ptr<LocalCluster>> cluster =
       LocalCluster::Start(cluster_options, [&](const std::string& line) { printer.Event(line); });
-  std::string audited_id;
-  Status result =
-      cluster.ok() ? RunSessions(options, **cluster, printer, audited_id) : cluster.status();
+  Status result = cluster.ok() ? RunSessions(options, **cluster, printer) : cluster.status();
   if (result.ok() && options.keep) {
     (*cluster)->Keep();
     PrintKept(**cluster, cluster_options.dir, printer);
     return OkStatus();
   }
-  printer.Line("\nShutting down (SIGTERM; SIGKILL after 10 s)");
+  printer.Line(fmt::format("\nShutting down (SIGTERM; SIGKILL after {} s)",
+                           cluster_options.stop_grace.count() / 1000));
   if (cluster.ok()) {
     for (const std::string& line : (*cluster)->Stop()) printer.Line("  " + line);
   }

@@ -26,6 +26,7 @@
 namespace fp::client {
 
 inline constexpr uint32_t kMaxDemoSessions = 64;
+inline constexpr uint32_t kMaxDemoTokens = 4096;
 
 struct DemoOptions {
   std::string binary;  // the fieldprint executable; empty: this process's own

@@ -280,7 +280,7 @@ TEST_F(ClusterTest, SupervisorKilledMidSessionLosesNoAcknowledgedLeaf) {
   constexpr int64_t kStallStep = 6;
   client::LocalClusterOptions options = Options();
   // worker-2's second session stalls long enough for the supervisor to die and come back.
-  options.fault = client::WorkerFault{2, "stall", 1, kStallStep, 0, 0, 4'000};
+  options.fault = client::WorkerFault{2, "stall", 1, kStallStep, 0, 0, 5'000};
   ASSERT_OK(StartCluster(options));
   client::ApiClient api = Api();
   ASSERT_OK_AND_ASSIGN(SessionView first, RunSession(api, TinyRequest("before", kTokens)));
