@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "common/base/bytes.h"
+#include "common/base/temp_dir.h"
 #include "common/cli.h"
 #include "common/crypto/sha256.h"
 #include "common/merkle/merkle.h"
@@ -302,13 +303,11 @@ boost::json::object HostRecord() {
 
 StatusOr<std::unique_ptr<Model>> BenchModel(const std::string& model_dir) {
   if (!model_dir.empty()) return Model::Load(model_dir);
-  std::string temp = (std::filesystem::temp_directory_path() / "fieldprint-bench-XXXXXX").string();
-  if (::mkdtemp(temp.data()) == nullptr) return InternalError("cannot create a temp folder");
-  Status written = node::WriteTinyModel(temp, node::TinyModelOptions{});
-  auto model = written.ok() ? Model::Load(temp) : StatusOr<std::unique_ptr<Model>>(written);
-  std::error_code ignored;
-  std::filesystem::remove_all(temp, ignored);  // the mapping keeps the weights alive
-  return model;
+  // The folder goes when this returns; the memory mapping keeps the weights alive.
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<ScopedTempDir> temp,
+                      ScopedTempDir::Create("fieldprint-bench"));
+  FP_RETURN_IF_ERROR(node::WriteTinyModel(temp->path().string(), node::TinyModelOptions{}));
+  return Model::Load(temp->path().string());
 }
 
 Status RunBenchEngine(const BenchArgs& a) {

@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 
 #include "common/base/log.h"
+#include "common/base/temp_dir.h"
 #include "common/cli.h"
 #include "common/leaf/state_digest.h"
 #include "common/wire/certs.h"
@@ -28,26 +29,6 @@ constexpr char kSupervisorName[] = "supervisor-0";
 constexpr char kWorkerName[] = "worker-bench";
 constexpr std::chrono::seconds kRunLimit{60};
 constexpr int kMaxBenchSessions = 256;
-
-// A folder under $TMPDIR, removed with its content on destruction.
-class ScratchDir {
- public:
-  ScratchDir() {
-    std::string pattern = (std::filesystem::temp_directory_path() / "fieldprint-wbench-XXXXXX");
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~ScratchDir() {
-    std::error_code ignored;
-    if (!path_.empty()) std::filesystem::remove_all(path_, ignored);
-  }
-  ScratchDir(const ScratchDir&) = delete;
-  ScratchDir& operator=(const ScratchDir&) = delete;
-  const std::string& path() const { return path_; }
-  std::string Join(const std::string& name) const { return path_ + "/" + name; }
-
- private:
-  std::string path_;
-};
 
 std::vector<int32_t> Prompt(int session, int length, int64_t vocab) {
   std::vector<int32_t> prompt;
@@ -114,7 +95,7 @@ StatusOr<Measurement> RunOff(const Model& model, const WorkerBenchOptions& o) {
                      ProcessCpuSeconds() - cpu_start, 0};
 }
 
-WorkerConfig OnConfig(const std::string& model_dir, const ScratchDir& scratch, uint16_t port,
+WorkerConfig OnConfig(const std::string& model_dir, const ScopedTempDir& scratch, uint16_t port,
                       const WorkerBenchOptions& o, int run) {
   WorkerConfig config;
   config.name = kWorkerName;
@@ -149,8 +130,8 @@ wire::pb::Assign BenchAssign(int session, const WorkerBenchOptions& o, const Cat
 }
 
 // The whole worker against a loopback supervisor.
-StatusOr<Measurement> RunOn(const std::string& model_dir, int64_t vocab, const ScratchDir& scratch,
-                            const WorkerBenchOptions& o, int run) {
+StatusOr<Measurement> RunOn(const std::string& model_dir, int64_t vocab,
+                            const ScopedTempDir& scratch, const WorkerBenchOptions& o, int run) {
   LoopbackOptions loopback;
   loopback.certs_dir = scratch.Join("certs");
   loopback.server_name = kSupervisorName;
@@ -208,8 +189,9 @@ StatusOr<double> DigestCost(int64_t hidden) {
 
 StatusOr<WorkerBenchResult> RunWorkerBench(const WorkerBenchOptions& o) {
   FP_RETURN_IF_ERROR(CheckOptions(o));
-  ScratchDir scratch;
-  if (scratch.path().empty()) return InternalError("cannot create a temporary directory");
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<ScopedTempDir> temp,
+                      ScopedTempDir::Create("fieldprint-wbench"));
+  const ScopedTempDir& scratch = *temp;
   std::string model_dir = o.model_dir;
   if (model_dir.empty()) {
     model_dir = scratch.Join("model");

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 
 #include "common/base/log.h"
+#include "common/base/temp_dir.h"
 #include "common/cli.h"
 #include "common/leaf/session_id.h"
 #include "common/wire/certs.h"
@@ -78,16 +79,14 @@ class BenchCluster {
   ~BenchCluster() { Stop(); }
 
   Status Start(const BenchArgs& args, uint64_t max_unverified_steps) {
-    char pattern[] = "/tmp/fieldprint-bench-XXXXXX";
-    if (mkdtemp(pattern) == nullptr) return UnavailableError("cannot create a temporary directory");
-    dir_ = pattern;
+    FP_ASSIGN_OR_RETURN(temp_, ScopedTempDir::Create("fieldprint-bench"));
     wire::CertsOptions certs;
     certs.names = {"supervisor-0"};
     for (uint32_t w = 0; w < args.workers; ++w) certs.names.push_back(fmt::format("bench-{}", w));
-    FP_RETURN_IF_ERROR(wire::InitCerts((dir_ / "certs").string(), certs));
+    FP_RETURN_IF_ERROR(wire::InitCerts((temp_->path() / "certs").string(), certs));
     SupervisorOptions options;
-    options.data_dir = (dir_ / "data").string();
-    options.certs_dir = (dir_ / "certs").string();
+    options.data_dir = (temp_->path() / "data").string();
+    options.certs_dir = (temp_->path() / "certs").string();
     options.worker_port = 0;
     options.http_port = 0;
     options.io_threads = args.io_threads;
@@ -102,8 +101,8 @@ class BenchCluster {
     });
     for (uint32_t w = 0; w < args.workers; ++w) {
       const std::string name = fmt::format("bench-{}", w);
-      FP_ASSIGN_OR_RETURN(auto tls, wire::MakeClientTlsContext(
-                                        wire::TlsFilesForNode((dir_ / "certs").string(), name)));
+      FP_ASSIGN_OR_RETURN(auto tls, wire::MakeClientTlsContext(wire::TlsFilesForNode(
+                                        (temp_->path() / "certs").string(), name)));
       BenchWorkerOptions worker;
       worker.port = supervisor_->worker_port();
       worker.batch_steps = args.batch_steps;
@@ -171,9 +170,7 @@ class BenchCluster {
     StopWorkers();
     if (supervisor_ != nullptr) supervisor_->Drain().IgnoreError();
     supervisor_.reset();
-    std::error_code ignored;
-    if (!dir_.empty()) std::filesystem::remove_all(dir_, ignored);
-    dir_.clear();
+    temp_.reset();
   }
 
   Supervisor& supervisor() { return *supervisor_; }
@@ -181,7 +178,7 @@ class BenchCluster {
   HttpClient& http() { return *http_; }
 
  private:
-  std::filesystem::path dir_;
+  std::unique_ptr<ScopedTempDir> temp_;  // certificates and the supervisor's data
   prometheus::Registry registry_;
   std::unique_ptr<Supervisor> supervisor_;
   boost::asio::io_context io_;
@@ -209,9 +206,9 @@ double LoadAverage() {
 // The baseline, measured in the same run on the same disk: appends one at a time, each waiting
 // for its own synced write (what the log would do without group commit).
 StatusOr<double> SequentialSyncedAppendsPerSecond(double seconds) {
-  char pattern[] = "/tmp/fieldprint-bench-baseline-XXXXXX";
-  if (mkdtemp(pattern) == nullptr) return UnavailableError("cannot create a temporary directory");
-  const std::filesystem::path dir = pattern;
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<ScopedTempDir> temp,
+                      ScopedTempDir::Create("fieldprint-bench-baseline"));
+  const std::filesystem::path& dir = temp->path();
   uint64_t appended = 0;
   double elapsed = 0;
   {
@@ -224,8 +221,6 @@ StatusOr<double> SequentialSyncedAppendsPerSecond(double seconds) {
       ++appended;
     }
   }
-  std::error_code ignored;
-  std::filesystem::remove_all(dir, ignored);
   return static_cast<double>(appended) / elapsed;
 }
 

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 
 #include "common/base/bytes.h"
+#include "common/base/temp_dir.h"
 #include "supervisor/client/api_client.h"
 #include "supervisor/client/audit.h"
 #include "supervisor/client/local_cluster.h"
@@ -82,17 +83,6 @@ class Printer {
   std::FILE* out_;
   Clock::time_point start_;
 };
-
-StatusOr<std::string> MakeTempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern =
-      (fs::path(base != nullptr && *base != '\0' ? base : "/tmp") / "fieldprint-demo-XXXXXX")
-          .string();
-  if (mkdtemp(pattern.data()) == nullptr) {
-    return UnavailableError(fmt::format("mkdtemp {}: {}", pattern, std::strerror(errno)));
-  }
-  return pattern;
-}
 
 // Printable text of model output: control bytes and quotes escaped, at most `max_chars` bytes.
 std::string Quoted(const std::string& text, size_t max_chars) {
@@ -348,7 +338,11 @@ Status RunDemo(const DemoOptions& options, std::FILE* out) {
   } else {
     cluster_options.binary = options.binary;
   }
-  FP_ASSIGN_OR_RETURN(cluster_options.dir, MakeTempDir());
+  // The cluster owns the folder from here on: it removes it after a clean stop and keeps it
+  // (for the logs) after a failure or with --keep.
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<ScopedTempDir> temp,
+                      ScopedTempDir::Create("fieldprint-demo"));
+  cluster_options.dir = temp->Release().string();
   cluster_options.workers = options.workers;
   cluster_options.replicas = 3;
   cluster_options.default_max_tokens = options.max_tokens;

@@ -18,15 +18,9 @@ std::filesystem::path SourceDir() { return EnvPath("FP_SOURCE_DIR"); }
 std::filesystem::path BinaryDir() { return EnvPath("FP_BINARY_DIR"); }
 
 TempDir::TempDir() {
-  const char* base = std::getenv("TMPDIR");
-  std::string pattern = std::string(base ? base : "/tmp") + "/fieldprint-test-XXXXXX";
-  FP_CHECK(::mkdtemp(pattern.data()) != nullptr);
-  path_ = pattern;
-}
-
-TempDir::~TempDir() {
-  std::error_code ignored;
-  std::filesystem::remove_all(path_, ignored);
+  StatusOr<std::unique_ptr<ScopedTempDir>> dir = ScopedTempDir::Create("fieldprint-test");
+  FP_CHECK_OK(dir);
+  dir_ = std::move(dir).value();
 }
 
 }  // namespace fp::testing
