@@ -41,6 +41,12 @@ Status HttpClient::Connect() {
 
 StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string& target,
                                            const std::string& body) {
+  // Only a request that is safe to repeat is resent after a failure: a POST may have reached the
+  // server before the connection broke, and resending it could submit a session twice. So a
+  // non-idempotent request goes on a fresh connection, which the server cannot have closed
+  // while it sat idle, and is never retried.
+  const bool idempotent = method == http::verb::get || method == http::verb::head;
+  if (!idempotent) stream_.reset();
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (!stream_.has_value()) FP_RETURN_IF_ERROR(Connect());
     http::request<http::string_body> request{method, target, 11};
@@ -61,7 +67,7 @@ StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string&
     if (error) {
       stream_.reset();
       // A kept-alive connection the server closed fails at once: retry once on a fresh one.
-      if (attempt == 0 &&
+      if (idempotent && attempt == 0 &&
           (error == http::error::end_of_stream || error == boost::asio::error::connection_reset ||
            error == boost::asio::error::broken_pipe)) {
         continue;

@@ -34,8 +34,9 @@ class HttpClient {
   HttpClient(const HttpClient&) = delete;
   HttpClient& operator=(const HttpClient&) = delete;
 
-  // One request on the kept-alive connection (reconnecting if the server closed it). Unavailable
-  // or DeadlineExceeded on network errors.
+  // One request. GET and HEAD use the kept-alive connection and are resent once on a fresh one
+  // if the server had closed it; other methods always use a fresh connection and are never
+  // resent. Unavailable or DeadlineExceeded on network errors.
   StatusOr<HttpResponse> Request(boost::beast::http::verb method, const std::string& target,
                                  const std::string& body = "");
 
