@@ -4,13 +4,11 @@
 
 #include "common/leaf/quantize.h"
 #include "kernels/digest/digest_pipeline.h"
-#include "kernels/digest/internal/cuda_status.h"
+#include "kernels/base/cuda_status.h"
 #include "kernels/digest/state_digest.cuh"
 
 namespace fp::kernels {
 namespace {
-
-using internal::CudaStatus;
 
 // Slot buffers start on this boundary so every snapshot qualifies for the kernel's 16-byte loads.
 constexpr size_t kSlotAlignment = 256;

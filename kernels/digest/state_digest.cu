@@ -2,7 +2,7 @@
 #include <algorithm>
 #include <string>
 
-#include "kernels/digest/internal/cuda_status.h"
+#include "kernels/base/cuda_status.h"
 #include "kernels/digest/state_digest.cuh"
 
 namespace fp::kernels {
@@ -23,7 +23,7 @@ Status Launch(const void* tensor, uint32_t row_bytes, int keep_bits, int64_t row
   RowStateDigestKernel<kDType, kVectorLoads>
       <<<static_cast<unsigned>(rows), threads, shared_bytes, stream>>>(
           static_cast<const uint8_t*>(tensor), row_bytes, keep_bits, out_digests);
-  return internal::CudaStatus(cudaGetLastError(), "RowStateDigestKernel launch");
+  return CudaStatus(cudaGetLastError(), "RowStateDigestKernel launch");
 }
 
 // The one place where runtime arguments select a compiled variant. 16-byte loads need every

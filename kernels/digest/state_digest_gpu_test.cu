@@ -3,8 +3,8 @@
 // dtypes, odd widths, row counts and every quantize_bits, and the side-stream pipeline's promise
 // that the producer stream never waits.
 //
-// Without a CUDA device main() prints "SKIPPED: no CUDA device" and exits 77, which CTest reports
-// as skipped (see fp_cc_test), never as passed.
+// Without a CUDA device the shared GPU test main (tests/testutil/gpu_test_main.cc) exits 77, which
+// CTest reports as skipped, never as passed.
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -673,13 +673,3 @@ TEST_F(DigestPipelineTest, BadBatchesAndEmptyWaitAreRejected) {
 
 }  // namespace
 }  // namespace fp::kernels
-
-int main(int argc, char** argv) {
-  int devices = 0;
-  if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
-    std::printf("SKIPPED: no CUDA device\n");
-    return 77;
-  }
-  ::testing::InitGoogleTest(&argc, argv);
-  return RUN_ALL_TESTS();
-}

@@ -1,4 +1,4 @@
-// Conversion of CUDA runtime errors into fp::Status for the digest kernels' host code.
+// Conversion of CUDA runtime errors into fp::Status for the host code of every CUDA kernel.
 //
 // Thread-safety: pure functions.
 #pragma once
@@ -11,7 +11,7 @@
 
 #include "common/base/status.h"
 
-namespace fp::kernels::internal {
+namespace fp::kernels {
 
 // OK for cudaSuccess. Otherwise "what: cudaErrorName: description" with the caller's file and
 // line: ResourceExhausted for an allocation failure (the caller may free memory and retry),
@@ -26,4 +26,4 @@ inline Status CudaStatus(cudaError_t error, std::string_view what,
   return Status(code, std::move(message), location);
 }
 
-}  // namespace fp::kernels::internal
+}  // namespace fp::kernels
