@@ -3,8 +3,8 @@
 #include <string>
 
 #include "common/leaf/quantize.h"
-#include "kernels/digest/digest_pipeline.h"
 #include "kernels/base/cuda_status.h"
+#include "kernels/digest/digest_pipeline.h"
 #include "kernels/digest/state_digest.cuh"
 
 namespace fp::kernels {
