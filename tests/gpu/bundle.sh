@@ -8,7 +8,8 @@
 #   BUILD_DIR  default /work/main/build-cuda (configured with -DFP_CUDA=ON and built)
 #   DEST       default /work/main/.devbuild (ignored by git); emptied first
 # Layout: DEST/kernels/... (the binaries, same relative paths as in the build), DEST/lib (shared
-# libraries), DEST/run_all.sh, DEST/MANIFEST. On the GPU machine:
+# libraries), DEST/baselines (the kernels' *_baseline.py scripts), DEST/run_all.sh,
+# DEST/MANIFEST. On the GPU machine:
 #   DEST/run_all.sh DEST OUT_DIR
 # which puts DEST/lib on LD_LIBRARY_PATH itself.
 # Fails if a library cannot be resolved, if the CUDA runtime is linked dynamically (it must be
@@ -58,6 +59,8 @@ for binary in "${binaries[@]}"; do
   done < <(ldd "$binary" | awk '$2 == "=>" { print $1, $3 }')
 done
 cp "$here/run_all.sh" "$dest/run_all.sh"
+mkdir -p "$dest/baselines"
+find "$here/../../kernels" -name '*_baseline.py' -exec cp {} "$dest/baselines/" \;
 
 (cd "$dest" && find . -type f ! -name MANIFEST -printf '%10s %p\n' | sort -k2) >"$dest/MANIFEST"
 bytes=$(du -sb "$dest" | cut -f1)

@@ -9,6 +9,9 @@
 #              If BUILD_DIR/lib exists (a bundle), it is put first on LD_LIBRARY_PATH.
 #   OUT_DIR    created if missing. Per binary NAME: NAME.json (a test's GoogleTest JSON report, a
 #              benchmark's stdout) and NAME.log (everything else the binary printed).
+# Then every baseline script (*_baseline.py: the same shapes timed with PyTorch on the same card,
+# JSON on stdout) from BUILD_DIR/baselines (a bundle) or the source tree's kernels/ runs the same
+# way, so each figure has its baseline from the same run.
 # Each binary runs under a time limit (FP_GPU_TIMEOUT_S, default 900 seconds).
 # Exit status: 0 when every binary passed or reported itself skipped (exit 77), 1 otherwise
 # (including when no binary was found).
@@ -63,6 +66,25 @@ for binary in "${binaries[@]}"; do
     *) status="FAIL($rc)"; failures=$((failures + 1)) ;;
   esac
   rows+=("$(printf '%-44s %-5s %-9s %8s  %s' "$name" "$kind" "$status" "$seconds" "$detail")")
+done
+
+if [[ -d "$build/baselines" ]]; then
+  baseline_dir="$build/baselines"
+else
+  baseline_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../kernels" && pwd)"
+fi
+mapfile -t baselines < <(find "$baseline_dir" -name '*_baseline.py' 2>/dev/null | sort)
+for script in "${baselines[@]}"; do
+  name="$(basename "$script" .py)"
+  echo "run_all: $name" >&2
+  start=$(date +%s.%N)
+  timeout "$timeout_s" python3 "$script" >"$out/$name.json" 2>"$out/$name.log"
+  rc=$?
+  benchmarks+=("$name")
+  seconds=$(awk -v start="$start" -v end="$(date +%s.%N)" 'BEGIN { printf "%.1f", end - start }')
+  if [[ $rc -eq 0 ]]; then status=PASS; else status="FAIL($rc)"; failures=$((failures + 1)); fi
+  rows+=("$(printf '%-44s %-5s %-9s %8s  %s' "$name" base "$status" "$seconds" \
+    "$(wc -c <"$out/$name.json") bytes of JSON")")
 done
 
 for name in "${benchmarks[@]}"; do
