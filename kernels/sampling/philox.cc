@@ -6,15 +6,9 @@
 namespace fp::kernels {
 namespace {
 
-constexpr uint32_t kMultiplier0 = 0xD2511F53u;
-constexpr uint32_t kMultiplier1 = 0xCD9E8D57u;
-constexpr uint32_t kWeyl0 = 0x9E3779B9u;  // golden ratio
-constexpr uint32_t kWeyl1 = 0xBB67AE85u;  // sqrt(3) - 1
-constexpr int kRounds = 10;
-
 PhiloxCounter Round(const PhiloxCounter& x, const PhiloxKey& key) {
-  const uint64_t product0 = uint64_t{kMultiplier0} * x[0];
-  const uint64_t product1 = uint64_t{kMultiplier1} * x[2];
+  const uint64_t product0 = uint64_t{kPhiloxMultiplier0} * x[0];
+  const uint64_t product1 = uint64_t{kPhiloxMultiplier1} * x[2];
   const auto hi0 = static_cast<uint32_t>(product0 >> 32);
   const auto lo0 = static_cast<uint32_t>(product0);
   const auto hi1 = static_cast<uint32_t>(product1 >> 32);
@@ -27,10 +21,10 @@ PhiloxCounter Round(const PhiloxCounter& x, const PhiloxKey& key) {
 PhiloxCounter Philox4x32(const PhiloxCounter& counter, const PhiloxKey& key) {
   PhiloxCounter x = counter;
   PhiloxKey k = key;
-  for (int round = 0; round < kRounds; ++round) {
+  for (int round = 0; round < kPhiloxRounds; ++round) {
     if (round > 0) {
-      k[0] += kWeyl0;
-      k[1] += kWeyl1;
+      k[0] += kPhiloxWeyl0;
+      k[1] += kPhiloxWeyl1;
     }
     x = Round(x, k);
   }

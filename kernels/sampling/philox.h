@@ -13,6 +13,14 @@
 
 namespace fp::kernels {
 
+// The Philox4x32-10 constants, shared with the device generator (sampler.cu) so both draw the
+// same stream.
+inline constexpr uint32_t kPhiloxMultiplier0 = 0xD2511F53u;
+inline constexpr uint32_t kPhiloxMultiplier1 = 0xCD9E8D57u;
+inline constexpr uint32_t kPhiloxWeyl0 = 0x9E3779B9u;  // golden ratio
+inline constexpr uint32_t kPhiloxWeyl1 = 0xBB67AE85u;  // sqrt(3) - 1
+inline constexpr int kPhiloxRounds = 10;
+
 using PhiloxCounter = std::array<uint32_t, 4>;
 using PhiloxKey = std::array<uint32_t, 2>;
 
