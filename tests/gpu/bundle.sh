@@ -7,8 +7,9 @@
 # Usage: bundle.sh [BUILD_DIR] [DEST]
 #   BUILD_DIR  default /work/main/build-cuda (configured with -DFP_CUDA=ON and built)
 #   DEST       default /work/main/.devbuild (ignored by git); emptied first
-# Layout: DEST/kernels/... (the binaries, same relative paths as in the build), DEST/lib (shared
-# libraries), DEST/baselines (the kernels' *_baseline.py scripts), DEST/run_all.sh,
+# Layout: DEST/kernels/... and DEST/node/... (the binaries, same relative paths as in the build),
+# DEST/lib (shared libraries), DEST/baselines (the *_baseline.py scripts of kernels/ and node/),
+# DEST/run_all.sh,
 # DEST/MANIFEST. On the GPU machine:
 #   DEST/run_all.sh DEST OUT_DIR
 # which puts DEST/lib on LD_LIBRARY_PATH itself.
@@ -22,10 +23,10 @@ dest="${2:-/work/main/.devbuild}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 build="$(cd "$build" && pwd)"
 
-mapfile -t binaries < <(find "$build/kernels" -type f -perm -u+x \
-  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) | sort)
+mapfile -t binaries < <(find "$build/kernels" "$build/node" -type f -perm -u+x \
+  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) 2>/dev/null | sort)
 if [[ ${#binaries[@]} -eq 0 ]]; then
-  echo "bundle: no *_gpu_test or *_bench binaries under $build/kernels" >&2
+  echo "bundle: no *_gpu_test or *_bench binaries under $build/kernels or $build/node" >&2
   exit 1
 fi
 
@@ -60,7 +61,8 @@ for binary in "${binaries[@]}"; do
 done
 cp "$here/run_all.sh" "$dest/run_all.sh"
 mkdir -p "$dest/baselines"
-find "$here/../../kernels" -name '*_baseline.py' -exec cp {} "$dest/baselines/" \;
+find "$here/../../kernels" "$here/../../node" -name '*_baseline.py' \
+  -exec cp {} "$dest/baselines/" \;
 
 (cd "$dest" && find . -type f ! -name MANIFEST -printf '%10s %p\n' | sort -k2) >"$dest/MANIFEST"
 bytes=$(du -sb "$dest" | cut -f1)

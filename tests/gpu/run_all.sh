@@ -5,13 +5,14 @@
 #
 # Usage: run_all.sh BUILD_DIR OUT_DIR
 #   BUILD_DIR  a CMake build folder configured with -DFP_CUDA=ON, or a bundle; binaries are found
-#              under BUILD_DIR/kernels: *_gpu_test (GoogleTest) and *_gpu_bench / *_bench.
+#              under BUILD_DIR/kernels and BUILD_DIR/node: *_gpu_test (GoogleTest) and
+#              *_gpu_bench / *_bench.
 #              If BUILD_DIR/lib exists (a bundle), it is put first on LD_LIBRARY_PATH.
 #   OUT_DIR    created if missing. Per binary NAME: NAME.json (a test's GoogleTest JSON report, a
 #              benchmark's stdout) and NAME.log (everything else the binary printed).
 # Then every baseline script (*_baseline.py: the same shapes timed with PyTorch on the same card,
 # JSON on stdout) from BUILD_DIR/baselines (a bundle) or the source tree's kernels/ runs the same
-# way, so each figure has its baseline from the same run.
+# way (the source tree's node/ too), so each figure has its baseline from the same run.
 # Each binary runs under a time limit (FP_GPU_TIMEOUT_S, default 900 seconds).
 # Exit status: 0 when every binary passed or reported itself skipped (exit 77), 1 otherwise
 # (including when no binary was found).
@@ -26,10 +27,10 @@ if [[ -d "$build/lib" ]]; then
   export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
 
-mapfile -t binaries < <(find "$build/kernels" -type f -perm -u+x \
+mapfile -t binaries < <(find "$build/kernels" "$build/node" -type f -perm -u+x \
   \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) 2>/dev/null | sort)
 if [[ ${#binaries[@]} -eq 0 ]]; then
-  echo "run_all: no *_gpu_test or *_bench binaries under $build/kernels" >&2
+  echo "run_all: no *_gpu_test or *_bench binaries under $build/kernels or $build/node" >&2
   exit 1
 fi
 
@@ -69,11 +70,12 @@ for binary in "${binaries[@]}"; do
 done
 
 if [[ -d "$build/baselines" ]]; then
-  baseline_dir="$build/baselines"
+  baseline_dirs=("$build/baselines")
 else
-  baseline_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/../../kernels" && pwd)"
+  source_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+  baseline_dirs=("$source_root/kernels" "$source_root/node")
 fi
-mapfile -t baselines < <(find "$baseline_dir" -name '*_baseline.py' 2>/dev/null | sort)
+mapfile -t baselines < <(find "${baseline_dirs[@]}" -name '*_baseline.py' 2>/dev/null | sort)
 for script in "${baselines[@]}"; do
   name="$(basename "$script" .py)"
   echo "run_all: $name" >&2
