@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Baseline for node_cuda_backend_bench: Hugging Face transformers LlamaForCausalLM with the same
+"""Baseline for node_cuda_backend_gpu_bench: Hugging Face transformers LlamaForCausalLM with the same
 TinyLlama-1.1B shape (hidden 2048, 22 layers, 32 query / 4 KV heads, intermediate 5632, vocabulary
 32000) and random bf16 weights, generate() with greedy decoding at batch 1 and 32, the same prompt
 length and number of outputs as the benchmark (16 prompt tokens, exactly 256 new tokens), no

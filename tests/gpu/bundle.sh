@@ -24,9 +24,9 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 build="$(cd "$build" && pwd)"
 
 mapfile -t binaries < <(find "$build/kernels" "$build/node" -type f -perm -u+x \
-  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) 2>/dev/null | sort)
+  \( -name '*_gpu_test' -o -name '*_gpu_bench' \) 2>/dev/null | sort)
 if [[ ${#binaries[@]} -eq 0 ]]; then
-  echo "bundle: no *_gpu_test or *_bench binaries under $build/kernels or $build/node" >&2
+  echo "bundle: no *_gpu_test or *_gpu_bench binaries under $build/kernels or $build/node" >&2
   exit 1
 fi
 

@@ -6,7 +6,7 @@
 # Usage: run_all.sh BUILD_DIR OUT_DIR
 #   BUILD_DIR  a CMake build folder configured with -DFP_CUDA=ON, or a bundle; binaries are found
 #              under BUILD_DIR/kernels and BUILD_DIR/node: *_gpu_test (GoogleTest) and
-#              *_gpu_bench / *_bench.
+#              *_gpu_bench.
 #              If BUILD_DIR/lib exists (a bundle), it is put first on LD_LIBRARY_PATH.
 #   OUT_DIR    created if missing. Per binary NAME: NAME.json (a test's GoogleTest JSON report, a
 #              benchmark's stdout) and NAME.log (everything else the binary printed).
@@ -28,9 +28,9 @@ if [[ -d "$build/lib" ]]; then
 fi
 
 mapfile -t binaries < <(find "$build/kernels" "$build/node" -type f -perm -u+x \
-  \( -name '*_gpu_test' -o -name '*_gpu_bench' -o -name '*_bench' \) 2>/dev/null | sort)
+  \( -name '*_gpu_test' -o -name '*_gpu_bench' \) 2>/dev/null | sort)
 if [[ ${#binaries[@]} -eq 0 ]]; then
-  echo "run_all: no *_gpu_test or *_bench binaries under $build/kernels or $build/node" >&2
+  echo "run_all: no *_gpu_test or *_gpu_bench binaries under $build/kernels or $build/node" >&2
   exit 1
 fi
 
