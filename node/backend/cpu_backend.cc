@@ -296,6 +296,7 @@ Status CpuBackend::FinishEmitting(std::span<const ForwardSequence> batch,
   FP_RETURN_IF_ERROR(kernels::RmsNorm(final_rows.data(), norm.data(), norm.dtype(),
                                       static_cast<float>(c.rms_norm_eps), final_rows.data(), e,
                                       c.hidden_size, *pool_));
+  if (tap_) TapEmitting(TapSite::kFinalHidden, batch, final_rows, {});
   // The canonical state: rounded once to the model's dtype. The digest covers these bytes and
   // the logits are computed from exactly them, so the digest pins what chose the token.
   Tensor canonical = Tensor::Zeros(digest_.canonical_dtype, {e, c.hidden_size});
@@ -308,10 +309,15 @@ Status CpuBackend::FinishEmitting(std::span<const ForwardSequence> batch,
   } else {
     std::memcpy(canonical.mutable_data(), final_rows.data(), canonical.bytes_size());
   }
+  if (tap_) TapEmitting(TapSite::kCanonicalHidden, batch, {}, canonical.bytes());
   kernels::ConvertToF32(canonical.data(), canonical.dtype(), final_rows.size(), final_rows.data());
-  FP_ASSIGN_OR_RETURN(result->state_digests,
-                      leaf::RowStateDigests(canonical.dtype(), digest_.quantize_bits,
-                                            canonical.bytes(), static_cast<size_t>(e), hidden));
+  if (skip_digests_) {
+    result->state_digests.assign(static_cast<size_t>(e), Hash{});
+  } else {
+    FP_ASSIGN_OR_RETURN(result->state_digests,
+                        leaf::RowStateDigests(canonical.dtype(), digest_.quantize_bits,
+                                              canonical.bytes(), static_cast<size_t>(e), hidden));
+  }
   const Tensor& head = model_->lm_head();
   Tensor logits = Tensor::Zeros(DType::kF32, {e, head.dim(0)});
   FP_RETURN_IF_ERROR(kernels::Gemm(final_rows.data(), head.data(), head.dtype(),
@@ -326,6 +332,26 @@ Status CpuBackend::FinishEmitting(std::span<const ForwardSequence> batch,
   return OkStatus();
 }
 
+void CpuBackend::TapEmitting(TapSite site, std::span<const ForwardSequence> batch,
+                             std::span<float> values, ByteSpan canonical) {
+  std::vector<int32_t> sequences;
+  std::vector<int32_t> positions;
+  for (size_t i = 0; i < batch.size(); ++i) {
+    if (!batch[i].emit) continue;
+    sequences.push_back(static_cast<int32_t>(i));
+    positions.push_back(batch[i].start_row + static_cast<int32_t>(batch[i].tokens.size()) - 1);
+  }
+  TapEvent event;
+  event.site = site;
+  event.batch = batch;
+  event.width = model_->config().hidden_size;
+  event.sequences = sequences;
+  event.positions = positions;
+  event.values = values;
+  event.canonical = canonical;
+  tap_(event);
+}
+
 Status CpuBackend::Forward(std::span<const ForwardSequence> batch, const ForwardOptions& options,
                            ForwardResult* result) {
   int64_t total_tokens = 0;
@@ -335,6 +361,16 @@ Status CpuBackend::Forward(std::span<const ForwardSequence> batch, const Forward
   const int32_t max_blocks = static_cast<int32_t>(s_.tables.size() / batch.size());
   for (size_t l = 0; l < model_->layers().size(); ++l) {
     FP_RETURN_IF_ERROR(RunLayer(l, total_tokens, num_seqs, max_blocks));
+    if (tap_) {
+      TapEvent event;
+      event.layer = static_cast<int32_t>(l);
+      event.batch = batch;
+      event.width = model_->config().hidden_size;
+      event.sequences = s_.seq_ids;
+      event.positions = s_.positions;
+      event.values = s_.x;
+      tap_(event);
+    }
   }
   return FinishEmitting(batch, options, result);
 }
@@ -358,6 +394,34 @@ Status CpuBackend::ReadKvRows(std::span<const int32_t> block_table, int32_t laye
     std::memcpy(key->mutable_data_as<float>() + dst, key_cache_[layer].get() + src, row * 4);
     std::memcpy(value->mutable_data_as<float>() + dst, value_cache_[layer].get() + src, row * 4);
   }
+  return OkStatus();
+}
+
+Status CpuBackend::TEST_FlipKvBit(std::span<const int32_t> block_table, int32_t layer, int32_t row,
+                                  KvPart part, int64_t element, int32_t bit) {
+  FP_CHECK(model_ != nullptr);
+  const LlamaConfig& c = model_->config();
+  const int64_t row_elements = c.num_kv_heads * c.head_dim;
+  if (key_cache_.empty()) return FailedPreconditionError("cpu backend: no KV cache allocated");
+  if (layer < 0 || layer >= c.num_layers || row < 0 || element < 0 || element >= row_elements ||
+      bit < 0 || bit >= 32) {
+    return InvalidArgumentError("cpu backend: KV fault outside the model");
+  }
+  if (static_cast<size_t>(row / block_size_) >= block_table.size()) {
+    return InvalidArgumentError("cpu backend: KV fault row past the block table");
+  }
+  const int32_t block = block_table[static_cast<size_t>(row / block_size_)];
+  if (block < 0 || block >= num_blocks_) return InvalidArgumentError("cpu backend: bad block");
+  float* cache =
+      (part == KvPart::kKey ? key_cache_ : value_cache_)[static_cast<size_t>(layer)].get();
+  float* value = cache +
+                 (static_cast<size_t>(block) * block_size_ + row % block_size_) *
+                     static_cast<size_t>(row_elements) +
+                 static_cast<size_t>(element);
+  uint32_t bits = 0;
+  std::memcpy(&bits, value, sizeof(bits));
+  bits ^= uint32_t{1} << bit;
+  std::memcpy(value, &bits, sizeof(bits));
   return OkStatus();
 }
 

@@ -3,19 +3,52 @@
 // reductions), keeps the KV cache as f32 in host memory, and multi-threads through the kernels'
 // ThreadPool. It is complete: every machine, CI included, runs true sessions end to end on it.
 //
-// Thread-safety: see Backend (one driving thread). The thread pool's workers are internal.
+// Test and benchmark hooks (TEST_ methods, never reachable from a configuration): an activation
+// tap that sees, and may change, the residual stream after each layer and the final hidden state
+// of a forward pass (the detection campaign flips single bits through it, and observes the
+// canonical hidden state of every step); a single-bit flip of one cached K/V element; and
+// skipping the state digest (the verification overhead benchmark's "off" runs). Unused, they
+// cost one branch per layer.
+//
+// Thread-safety: see Backend (one driving thread); the tap is called on that thread, between
+// kernels. The thread pool's workers are internal.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <vector>
 
+#include "common/base/bytes.h"
 #include "kernels/attention/paged_attention.h"
 #include "kernels/base/thread_pool.h"
 #include "kernels/rope/rope.h"
 #include "node/backend/backend.h"
 
 namespace fp::node {
+
+// Where an activation tap is called during Forward.
+enum class TapSite : uint8_t {
+  kLayerOutput = 0,      // the residual stream after layer `layer`, every token row; mutable
+  kFinalHidden = 1,      // emitting rows after the final RMSNorm, before the canonical rounding;
+                         // mutable (a change reaches the digest and the logits)
+  kCanonicalHidden = 2,  // emitting rows in the canonical dtype: exactly the digested bytes
+};
+
+// What a tap sees. Every span is borrowed for the duration of the call.
+struct TapEvent {
+  TapSite site = TapSite::kLayerOutput;
+  int32_t layer = -1;                      // kLayerOutput: the layer just finished
+  std::span<const ForwardSequence> batch;  // the pass's sequences, in request order
+  int64_t width = 0;                       // elements per row (hidden_size)
+  std::span<const int32_t> sequences;      // [rows] the batch index of each row
+  std::span<const int32_t> positions;      // [rows] each row's cache row (= RoPE position)
+  std::span<float> values;                 // kLayerOutput, kFinalHidden: [rows, width] f32
+  ByteSpan canonical;                      // kCanonicalHidden: [rows, width], canonical dtype
+};
+using ActivationTap = std::function<void(const TapEvent&)>;
+
+enum class KvPart : uint8_t { kKey = 0, kValue = 1 };
 
 struct CpuBackendOptions {
   int num_threads = 1;  // 1 .. kernels::ThreadPool::kMaxThreads
@@ -36,6 +69,18 @@ class CpuBackend : public Backend {
                  ForwardResult* result) override;
   Status ReadKvRows(std::span<const int32_t> block_table, int32_t layer, int32_t begin, int32_t end,
                     Tensor* key, Tensor* value) override;
+
+  // Installs `tap` (an empty function removes it); it is called on the driving thread at every
+  // TapSite of every later Forward until removed. The tap must not call into the backend.
+  void TEST_SetActivationTap(ActivationTap tap) { tap_ = std::move(tap); }
+  // Flips bit `bit` (0..31) of element `element` (0 .. kv_heads * head_dim - 1) of the f32 key or
+  // value that cache row `row` of the sequence with `block_table` holds in layer `layer`.
+  // InvalidArgument for coordinates outside the model or the table. Requires AllocateKvCache.
+  Status TEST_FlipKvBit(std::span<const int32_t> block_table, int32_t layer, int32_t row,
+                        KvPart part, int64_t element, int32_t bit);
+  // With `skip`, Forward leaves every state digest zero instead of computing it: plain
+  // generation, the baseline of the verification overhead benchmark. Tokens are unaffected.
+  void TEST_SkipStateDigests(bool skip) { skip_digests_ = skip; }
 
  private:
   explicit CpuBackend(std::unique_ptr<kernels::ThreadPool> pool) : pool_(std::move(pool)) {}
@@ -67,6 +112,9 @@ class CpuBackend : public Backend {
   Status RunLayer(size_t layer, int64_t total_tokens, int32_t num_seqs, int32_t max_blocks);
   Status FinishEmitting(std::span<const ForwardSequence> batch, const ForwardOptions& options,
                         ForwardResult* result);
+  // Calls tap_ at a final-hidden site for the emitting rows (`rows` [E, hidden]).
+  void TapEmitting(TapSite site, std::span<const ForwardSequence> batch, std::span<float> values,
+                   ByteSpan canonical);
   kernels::PagedKvCache CacheView(size_t layer);
   kernels::AnchorSet AnchorView(size_t layer) const;
 
@@ -89,6 +137,8 @@ class CpuBackend : public Backend {
   std::vector<FloatBuffer> value_cache_;  // same layout
 
   Scratch s_;
+  ActivationTap tap_;  // empty unless a test or benchmark installed one
+  bool skip_digests_ = false;
 };
 
 }  // namespace fp::node

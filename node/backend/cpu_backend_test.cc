@@ -325,6 +325,136 @@ TEST_F(CpuBackendTest, TinyModelGreedyMarginsAreWide) {
   EXPECT_GT(smallest, 1.0);
 }
 
+// --- Test hooks: the activation tap, K/V bit flips, skipped digests ---
+
+TEST_F(CpuBackendTest, ObservingTapSeesEveryLayerAndTheDigestedBytes) {
+  auto model = MakeModel(Small(DType::kBf16));
+  std::vector<int32_t> a = Prompt(1, 21), b = Prompt(2, 5);
+  std::vector<int32_t> table_a = Blocks(0, 2), table_b = Blocks(4, 1);
+  std::vector<ForwardSequence> batch(2);
+  batch[0] = {a, 0, table_a, false, {0, 0, 1, 0}, 0};
+  batch[1] = {b, 0, table_b, true, {0, 0, 1, 0}, 0};
+  ForwardResult plain;
+  ASSERT_OK(MakeBackend(*model, 1)->Forward(batch, {true, true}, &plain));
+  auto backend = MakeBackend(*model, 1);
+  std::vector<int32_t> layers;
+  Bytes canonical;
+  int final_calls = 0;
+  backend->TEST_SetActivationTap([&](const TapEvent& e) {
+    if (e.site == TapSite::kLayerOutput) {
+      layers.push_back(e.layer);
+      ASSERT_EQ(e.sequences.size(), a.size() + b.size());
+      EXPECT_EQ(e.values.size(), e.sequences.size() * 64);
+      // Rows run sequence by sequence, each at its own cache rows.
+      EXPECT_EQ(e.sequences[21], 1);
+      EXPECT_EQ(e.positions[20], 20);
+      EXPECT_EQ(e.positions[21], 0);
+    } else if (e.site == TapSite::kFinalHidden) {
+      ++final_calls;
+      ASSERT_EQ(e.sequences.size(), 1u);  // only the emitting sequence
+      EXPECT_EQ(e.sequences[0], 1);
+      EXPECT_EQ(e.positions[0], 4);
+    } else {
+      canonical.assign(e.canonical.begin(), e.canonical.end());
+    }
+  });
+  ForwardResult observed;
+  ASSERT_OK(backend->Forward(batch, {true, true}, &observed));
+  EXPECT_EQ(layers, std::vector<int32_t>({0, 1}));
+  EXPECT_EQ(final_calls, 1);
+  EXPECT_TRUE(SameBytes(observed.hidden, plain.hidden));
+  EXPECT_EQ(observed.state_digests, plain.state_digests);
+  ASSERT_EQ(canonical.size(), plain.hidden.bytes_size());
+  EXPECT_EQ(std::memcmp(canonical.data(), plain.hidden.data(), canonical.size()), 0);
+}
+
+TEST_F(CpuBackendTest, ResidualFlipChangesOnlyItsOwnSequence) {
+  auto model = MakeModel(Small(DType::kBf16));
+  std::vector<int32_t> a = Prompt(1, 9), b = Prompt(2, 7);
+  std::vector<int32_t> table_a = Blocks(0, 1), table_b = Blocks(4, 1);
+  std::vector<ForwardSequence> batch(2);
+  batch[0] = {a, 0, table_a, true, {0, 0, 1, 0}, 0};
+  batch[1] = {b, 0, table_b, true, {0, 0, 1, 0}, 0};
+  ForwardResult clean;
+  ASSERT_OK(MakeBackend(*model, 1)->Forward(batch, {true, true}, &clean));
+  auto backend = MakeBackend(*model, 1);
+  backend->TEST_SetActivationTap([](const TapEvent& e) {
+    if (e.site != TapSite::kLayerOutput || e.layer != 0) return;
+    // Row 3 of sequence 0 (a prompt row, which the last row attends to); bit 31 is the sign
+    // (an exponent flip could make the value infinite, which the sampler refuses).
+    uint32_t bits = 0;
+    std::memcpy(&bits, &e.values[3 * 64 + 5], 4);
+    bits ^= 1u << 31;
+    std::memcpy(&e.values[3 * 64 + 5], &bits, 4);
+  });
+  ForwardResult faulty;
+  ASSERT_OK(backend->Forward(batch, {true, true}, &faulty));
+  const size_t row = 64 * 2;  // bf16 bytes of one hidden row
+  EXPECT_NE(std::memcmp(faulty.hidden.bytes().data(), clean.hidden.bytes().data(), row), 0);
+  EXPECT_NE(faulty.state_digests[0], clean.state_digests[0]);
+  EXPECT_EQ(std::memcmp(faulty.hidden.bytes().data() + row, clean.hidden.bytes().data() + row, row),
+            0);
+  EXPECT_EQ(faulty.state_digests[1], clean.state_digests[1]);
+}
+
+TEST_F(CpuBackendTest, KvFlipIsReadByLaterStepsAndFlippingBackRestoresIt) {
+  auto model = MakeModel(Small(DType::kBf16));
+  std::vector<int32_t> tokens = Prompt(6, 12);
+  std::vector<int32_t> table = Blocks(0, 1);
+  auto backend = MakeBackend(*model, 1);
+  Prefill(*backend, std::vector<int32_t>(tokens.begin(), tokens.end() - 1), table, 64);
+  ForwardSequence next{std::span<const int32_t>(tokens).last(1), 11, table, true, {0, 0, 1, 0}, 1};
+  ForwardResult clean, faulty, restored;
+  ASSERT_OK(backend->Forward({&next, 1}, {true, false}, &clean));
+  ASSERT_OK(backend->TEST_FlipKvBit(table, 1, 4, KvPart::kValue, 17, 30));
+  ASSERT_OK(backend->Forward({&next, 1}, {true, false}, &faulty));
+  EXPECT_FALSE(SameBytes(faulty.hidden, clean.hidden));
+  ASSERT_OK(backend->TEST_FlipKvBit(table, 1, 4, KvPart::kValue, 17, 30));
+  ASSERT_OK(backend->Forward({&next, 1}, {true, false}, &restored));
+  EXPECT_TRUE(SameBytes(restored.hidden, clean.hidden));
+  // The flipped element is exactly where ReadKvRows says row 4's value element 17 is.
+  Tensor key, value_before, value_after;
+  ASSERT_OK(backend->ReadKvRows(table, 1, 4, 5, &key, &value_before));
+  ASSERT_OK(backend->TEST_FlipKvBit(table, 1, 4, KvPart::kValue, 17, 0));
+  ASSERT_OK(backend->ReadKvRows(table, 1, 4, 5, &key, &value_after));
+  uint32_t before = 0, after = 0;
+  std::memcpy(&before, value_before.data_as<float>() + 17, 4);
+  std::memcpy(&after, value_after.data_as<float>() + 17, 4);
+  EXPECT_EQ(before ^ after, 1u);
+}
+
+TEST_F(CpuBackendTest, SkippedDigestsLeaveTokensAndHiddenUnchanged) {
+  auto model = MakeModel(Small(DType::kBf16));
+  std::vector<int32_t> tokens = Prompt(8, 30);
+  ForwardResult with = Prefill(*MakeBackend(*model, 1), tokens, Blocks(0, 2), 64);
+  auto backend = MakeBackend(*model, 1);
+  backend->TEST_SkipStateDigests(true);
+  ForwardResult without = Prefill(*backend, tokens, Blocks(0, 2), 64);
+  EXPECT_EQ(without.tokens, with.tokens);
+  EXPECT_TRUE(SameBytes(without.hidden, with.hidden));
+  EXPECT_EQ(without.state_digests, std::vector<Hash>(1, Hash{}));
+  EXPECT_NE(with.state_digests[0], Hash{});
+}
+
+// Error paths.
+
+TEST_F(CpuBackendTest, KvFlipOutsideTheCacheIsRejected) {
+  auto model = MakeModel(Small(DType::kBf16));
+  auto backend = MakeBackend(*model, 1);
+  std::vector<int32_t> table = Blocks(0, 1);
+  EXPECT_THAT(backend->TEST_FlipKvBit(table, 2, 0, KvPart::kKey, 0, 0),
+              StatusIs(StatusCode::kInvalidArgument));  // layer
+  EXPECT_THAT(backend->TEST_FlipKvBit(table, 0, 16, KvPart::kKey, 0, 0),
+              StatusIs(StatusCode::kInvalidArgument));  // row past the table
+  EXPECT_THAT(backend->TEST_FlipKvBit(table, 0, 0, KvPart::kKey, 32, 0),
+              StatusIs(StatusCode::kInvalidArgument));  // element (2 heads x 16)
+  EXPECT_THAT(backend->TEST_FlipKvBit(table, 0, 0, KvPart::kKey, 0, 32),
+              StatusIs(StatusCode::kInvalidArgument));  // bit
+  std::vector<int32_t> bad_block = {kBlocks};
+  EXPECT_THAT(backend->TEST_FlipKvBit(bad_block, 0, 0, KvPart::kKey, 0, 0),
+              StatusIs(StatusCode::kInvalidArgument));
+}
+
 // Error paths.
 
 TEST_F(CpuBackendTest, MalformedBatchesAreRejected) {
