@@ -18,7 +18,7 @@ packages=(
   golang-go golang-golang-x-mod-dev
   etcd-server etcd-client
   prometheus
-  curl python3
+  curl python3 python3-yaml
 )
 
 missing=()
