@@ -38,7 +38,8 @@ static_assert(kCudaAttentionSplit % kTile == 0, "splits are whole key tiles");
 static_assert(kCudaAttentionMaxAnchors <= kCudaAttentionSplit, "the anchor path is one split");
 
 struct Params {
-  const bf16* query;            // [num_tokens, q_heads, d]
+  const bf16* query;            // token t's [q_heads, d] at query + t * query_stride
+  long long query_stride;       // elements, a multiple of 8
   const int32_t* seq_ids;       // [num_tokens]; null in decode (token t is sequence t)
   const int32_t* positions;     // [num_tokens]; null in decode
   const int32_t* context_lens;  // [num_tokens] in decode
@@ -409,10 +410,10 @@ __device__ __forceinline__ void LoadQuery(const Params& p, const Rows& rows, bf1
   for (int h = 0; h < 2; ++h) {
     const int row = lane / 4 + 8 * h;
     const uint32_t* source =
-        rows.pos[h] >= 0
-            ? reinterpret_cast<const uint32_t*>(
-                  p.query + (static_cast<long long>(rows.token[h]) * p.q_heads + rows.head[h]) * kD)
-            : nullptr;
+        rows.pos[h] >= 0 ? reinterpret_cast<const uint32_t*>(
+                               p.query + static_cast<long long>(rows.token[h]) * p.query_stride +
+                               rows.head[h] * kD)
+                         : nullptr;
 #pragma unroll
     for (int w = quad; w < kD / 2; w += 4) {
       const uint32_t word = source != nullptr ? source[w] : 0u;
@@ -721,13 +722,15 @@ __global__ void __launch_bounds__(kPrefillWarps * 32, 1)
 }
 
 // ---------------------------------------------------------------------------------------------
-// KV write: one thread per 16-byte chunk of a token's K (and the same chunk of V).
+// KV write: one thread per 16-byte chunk of a token's K (and the same chunk of V). Source rows
+// are key_stride / value_stride chunks apart.
 
 __global__ void __launch_bounds__(kWriteThreads)
-    WriteKvKernel(const uint4* key, const uint4* value, const int32_t* seq_ids,
-                  const int32_t* positions, int32_t num_tokens, int32_t chunks_per_token,
-                  const int32_t* table, int32_t num_seqs, int32_t max_blocks, int32_t num_blocks,
-                  int32_t block_size, uint4* key_cache, uint4* value_cache) {
+    WriteKvKernel(const uint4* key, long long key_stride, const uint4* value,
+                  long long value_stride, const int32_t* seq_ids, const int32_t* positions,
+                  int32_t num_tokens, int32_t chunks_per_token, const int32_t* table,
+                  int32_t num_seqs, int32_t max_blocks, int32_t num_blocks, int32_t block_size,
+                  uint4* key_cache, uint4* value_cache) {
   const long long i = static_cast<long long>(blockIdx.x) * kWriteThreads + threadIdx.x;
   if (i >= static_cast<long long>(num_tokens) * chunks_per_token) return;
   const int t = static_cast<int>(i / chunks_per_token);
@@ -741,8 +744,8 @@ __global__ void __launch_bounds__(kWriteThreads)
   const int32_t block = table[static_cast<long long>(seq) * max_blocks + pos / block_size];
   if (block < 0 || block >= num_blocks) return;
   const long long slot = static_cast<long long>(block) * block_size + pos % block_size;
-  key_cache[slot * chunks_per_token + chunk] = key[i];
-  value_cache[slot * chunks_per_token + chunk] = value[i];
+  key_cache[slot * chunks_per_token + chunk] = key[t * key_stride + chunk];
+  value_cache[slot * chunks_per_token + chunk] = value[t * value_stride + chunk];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -751,6 +754,17 @@ __global__ void __launch_bounds__(kWriteThreads)
 bool Aligned16(const void* pointer) { return reinterpret_cast<uintptr_t>(pointer) % 16 == 0; }
 
 int32_t SplitsFor(int32_t max_context, int32_t split) { return (max_context + split - 1) / split; }
+
+// A row stride in elements: at least the row's width, whole 16-byte units (every row keeps the
+// base's alignment for the vector loads), bounded.
+Status ValidateStride(const char* what, int64_t stride, int64_t width) {
+  if (stride < width || stride % 8 != 0 || stride > kCudaAttentionMaxRowStride) {
+    return InvalidArgumentError(std::string(what) + " " + std::to_string(stride) +
+                                " must be a multiple of 8 in [" + std::to_string(width) + ", " +
+                                std::to_string(kCudaAttentionMaxRowStride) + "]");
+  }
+  return OkStatus();
+}
 
 Status ValidateCache(const CudaBlockTables& tables, const CudaPagedKvCache& cache) {
   if (cache.key == nullptr || cache.value == nullptr || !Aligned16(cache.key) ||
@@ -779,10 +793,10 @@ Status ValidateCache(const CudaBlockTables& tables, const CudaPagedKvCache& cach
   return OkStatus();
 }
 
-Status ValidateCall(const void* query, int32_t num_tokens, int32_t max_context, int32_t q_heads,
-                    const CudaBlockTables& tables, const CudaPagedKvCache& cache,
-                    const CudaAnchorSet& anchors, const AttentionOptions& options,
-                    const void* out) {
+Status ValidateCall(const void* query, int64_t query_stride, int32_t num_tokens,
+                    int32_t max_context, int32_t q_heads, const CudaBlockTables& tables,
+                    const CudaPagedKvCache& cache, const CudaAnchorSet& anchors,
+                    const AttentionOptions& options, const void* out) {
   FP_RETURN_IF_ERROR(ValidateCache(tables, cache));
   if (num_tokens < 0 || num_tokens > kCudaAttentionMaxTokens) {
     return InvalidArgumentError("attention (cuda): num_tokens " + std::to_string(num_tokens) +
@@ -795,6 +809,8 @@ Status ValidateCall(const void* query, int32_t num_tokens, int32_t max_context, 
                                 std::to_string(cache.kv_heads) + " with a group of at most " +
                                 std::to_string(kCudaAttentionMaxGroup));
   }
+  FP_RETURN_IF_ERROR(ValidateStride("attention (cuda): query_stride", query_stride,
+                                    int64_t{q_heads} * cache.head_dim));
   const long long capacity = static_cast<long long>(tables.max_blocks_per_seq) * cache.block_size;
   if (max_context < 1 || max_context > kCudaAttentionMaxContext || max_context > capacity) {
     return InvalidArgumentError("attention (cuda): max_context " + std::to_string(max_context) +
@@ -828,11 +844,12 @@ Status ValidateCall(const void* query, int32_t num_tokens, int32_t max_context, 
   return OkStatus();
 }
 
-Params BaseParams(const void* query, int32_t num_tokens, int32_t max_context, int32_t q_heads,
-                  const CudaBlockTables& tables, const CudaPagedKvCache& cache,
+Params BaseParams(const void* query, int64_t query_stride, int32_t num_tokens, int32_t max_context,
+                  int32_t q_heads, const CudaBlockTables& tables, const CudaPagedKvCache& cache,
                   const CudaAnchorSet& anchors, const AttentionOptions& options, void* out) {
   Params p{};
   p.query = static_cast<const bf16*>(query);
+  p.query_stride = query_stride;
   p.num_tokens = num_tokens;
   p.q_heads = q_heads;
   p.kv_heads = cache.kv_heads;
@@ -928,13 +945,13 @@ size_t WorkspaceBytes(int32_t num_seqs, int32_t q_heads, int32_t head_dim, int32
   return (rows * splits * (d + 2) + rows * d) * sizeof(float);
 }
 
-Status DecodeImpl(const void* query, const int32_t* context_lens, int32_t max_context,
-                  int32_t q_heads, const CudaBlockTables& tables, const CudaPagedKvCache& cache,
-                  const CudaAnchorSet& anchors, const AttentionOptions& options, int32_t split,
-                  int32_t stages, void* workspace, size_t workspace_bytes, void* out,
-                  cudaStream_t stream) {
-  FP_RETURN_IF_ERROR(ValidateCall(query, tables.num_seqs, max_context, q_heads, tables, cache,
-                                  anchors, options, out));
+Status DecodeImpl(const void* query, int64_t query_stride, const int32_t* context_lens,
+                  int32_t max_context, int32_t q_heads, const CudaBlockTables& tables,
+                  const CudaPagedKvCache& cache, const CudaAnchorSet& anchors,
+                  const AttentionOptions& options, int32_t split, int32_t stages, void* workspace,
+                  size_t workspace_bytes, void* out, cudaStream_t stream) {
+  FP_RETURN_IF_ERROR(ValidateCall(query, query_stride, tables.num_seqs, max_context, q_heads,
+                                  tables, cache, anchors, options, out));
   if (context_lens == nullptr) return InvalidArgumentError("attention (cuda): context_lens null");
   if (split < kTile || split % kTile != 0) {
     return InvalidArgumentError("attention (cuda): split must be a positive multiple of 64");
@@ -953,8 +970,8 @@ Status DecodeImpl(const void* query, const int32_t* context_lens, int32_t max_co
     return InvalidArgumentError("attention (cuda): decode takes at most " +
                                 std::to_string(kMaxGridYZ) + " sequences and splits");
   }
-  Params p = BaseParams(query, tables.num_seqs, max_context, q_heads, tables, cache, anchors,
-                        options, out);
+  Params p = BaseParams(query, query_stride, tables.num_seqs, max_context, q_heads, tables, cache,
+                        anchors, options, out);
   p.context_lens = context_lens;
   p.tokens_per_warp = 1;
   p.split = split;
@@ -977,14 +994,49 @@ size_t PagedAttentionDecodeWorkspaceBytes(int32_t num_seqs, int32_t q_heads, int
   return WorkspaceBytes(num_seqs, q_heads, head_dim, max_context, kCudaAttentionSplit);
 }
 
+Status LaunchPagedAttentionDecodeCuda(const void* query, int64_t query_stride,
+                                      const int32_t* context_lens, int32_t max_context,
+                                      int32_t q_heads, const CudaBlockTables& tables,
+                                      const CudaPagedKvCache& cache, const CudaAnchorSet& anchors,
+                                      const AttentionOptions& options, void* workspace,
+                                      size_t workspace_bytes, void* out, cudaStream_t stream) {
+  return DecodeImpl(query, query_stride, context_lens, max_context, q_heads, tables, cache, anchors,
+                    options, kCudaAttentionSplit, kDecodeStages, workspace, workspace_bytes, out,
+                    stream);
+}
+
 Status LaunchPagedAttentionDecodeCuda(const void* query, const int32_t* context_lens,
                                       int32_t max_context, int32_t q_heads,
                                       const CudaBlockTables& tables, const CudaPagedKvCache& cache,
                                       const CudaAnchorSet& anchors, const AttentionOptions& options,
                                       void* workspace, size_t workspace_bytes, void* out,
                                       cudaStream_t stream) {
-  return DecodeImpl(query, context_lens, max_context, q_heads, tables, cache, anchors, options,
-                    kCudaAttentionSplit, kDecodeStages, workspace, workspace_bytes, out, stream);
+  return LaunchPagedAttentionDecodeCuda(query, int64_t{q_heads} * cache.head_dim, context_lens,
+                                        max_context, q_heads, tables, cache, anchors, options,
+                                        workspace, workspace_bytes, out, stream);
+}
+
+Status LaunchPagedAttentionPrefillCuda(const void* query, int64_t query_stride,
+                                       const int32_t* seq_ids, const int32_t* positions,
+                                       int32_t num_tokens, int32_t max_context, int32_t q_heads,
+                                       const CudaBlockTables& tables, const CudaPagedKvCache& cache,
+                                       const CudaAnchorSet& anchors,
+                                       const AttentionOptions& options, void* out,
+                                       cudaStream_t stream) {
+  FP_RETURN_IF_ERROR(ValidateCall(query, query_stride, num_tokens, max_context, q_heads, tables,
+                                  cache, anchors, options, out));
+  if (num_tokens == 0) return OkStatus();
+  if (seq_ids == nullptr || positions == nullptr) {
+    return InvalidArgumentError("attention (cuda): seq_ids or positions null");
+  }
+  Params p = BaseParams(query, query_stride, num_tokens, max_context, q_heads, tables, cache,
+                        anchors, options, out);
+  p.seq_ids = seq_ids;
+  p.positions = positions;
+  p.tokens_per_warp = kRowsPerWarp / p.group;
+  p.split = kCudaAttentionSplit;
+  p.max_splits = SplitsFor(max_context, kCudaAttentionSplit);
+  return cache.head_dim == 64 ? LaunchPrefill<64>(p, stream) : LaunchPrefill<128>(p, stream);
 }
 
 Status LaunchPagedAttentionPrefillCuda(const void* query, const int32_t* seq_ids,
@@ -994,23 +1046,13 @@ Status LaunchPagedAttentionPrefillCuda(const void* query, const int32_t* seq_ids
                                        const CudaAnchorSet& anchors,
                                        const AttentionOptions& options, void* out,
                                        cudaStream_t stream) {
-  FP_RETURN_IF_ERROR(
-      ValidateCall(query, num_tokens, max_context, q_heads, tables, cache, anchors, options, out));
-  if (num_tokens == 0) return OkStatus();
-  if (seq_ids == nullptr || positions == nullptr) {
-    return InvalidArgumentError("attention (cuda): seq_ids or positions null");
-  }
-  Params p =
-      BaseParams(query, num_tokens, max_context, q_heads, tables, cache, anchors, options, out);
-  p.seq_ids = seq_ids;
-  p.positions = positions;
-  p.tokens_per_warp = kRowsPerWarp / p.group;
-  p.split = kCudaAttentionSplit;
-  p.max_splits = SplitsFor(max_context, kCudaAttentionSplit);
-  return cache.head_dim == 64 ? LaunchPrefill<64>(p, stream) : LaunchPrefill<128>(p, stream);
+  return LaunchPagedAttentionPrefillCuda(query, int64_t{q_heads} * cache.head_dim, seq_ids,
+                                         positions, num_tokens, max_context, q_heads, tables, cache,
+                                         anchors, options, out, stream);
 }
 
-Status LaunchWritePagedKvCuda(const void* key, const void* value, const int32_t* seq_ids,
+Status LaunchWritePagedKvCuda(const void* key, int64_t key_stride, const void* value,
+                              int64_t value_stride, const int32_t* seq_ids,
                               const int32_t* positions, int32_t num_tokens,
                               const CudaBlockTables& tables, const CudaPagedKvCache& cache,
                               cudaStream_t stream) {
@@ -1018,21 +1060,33 @@ Status LaunchWritePagedKvCuda(const void* key, const void* value, const int32_t*
   if (num_tokens < 0 || num_tokens > kCudaAttentionMaxTokens) {
     return InvalidArgumentError("write_kv (cuda): num_tokens out of range");
   }
+  const int64_t width = int64_t{cache.kv_heads} * cache.head_dim;
+  FP_RETURN_IF_ERROR(ValidateStride("write_kv (cuda): key_stride", key_stride, width));
+  FP_RETURN_IF_ERROR(ValidateStride("write_kv (cuda): value_stride", value_stride, width));
   if (num_tokens == 0) return OkStatus();
   if (key == nullptr || value == nullptr || seq_ids == nullptr || positions == nullptr ||
       !Aligned16(key) || !Aligned16(value)) {
     return InvalidArgumentError(
         "write_kv (cuda): key/value (16-byte aligned), seq_ids and positions are required");
   }
-  const int32_t chunks = cache.kv_heads * cache.head_dim / 8;
+  const auto chunks = static_cast<int32_t>(width / 8);
   const long long total = static_cast<long long>(num_tokens) * chunks;
   WriteKvKernel<<<static_cast<unsigned>((total + kWriteThreads - 1) / kWriteThreads), kWriteThreads,
-                  0, stream>>>(static_cast<const uint4*>(key), static_cast<const uint4*>(value),
-                               seq_ids, positions, num_tokens, chunks, tables.table,
-                               tables.num_seqs, tables.max_blocks_per_seq, cache.num_blocks,
-                               cache.block_size, static_cast<uint4*>(cache.key),
-                               static_cast<uint4*>(cache.value));
+                  0, stream>>>(static_cast<const uint4*>(key), key_stride / 8,
+                               static_cast<const uint4*>(value), value_stride / 8, seq_ids,
+                               positions, num_tokens, chunks, tables.table, tables.num_seqs,
+                               tables.max_blocks_per_seq, cache.num_blocks, cache.block_size,
+                               static_cast<uint4*>(cache.key), static_cast<uint4*>(cache.value));
   return CudaStatus(cudaGetLastError(), "WriteKvKernel launch");
+}
+
+Status LaunchWritePagedKvCuda(const void* key, const void* value, const int32_t* seq_ids,
+                              const int32_t* positions, int32_t num_tokens,
+                              const CudaBlockTables& tables, const CudaPagedKvCache& cache,
+                              cudaStream_t stream) {
+  const int64_t width = int64_t{cache.kv_heads} * cache.head_dim;
+  return LaunchWritePagedKvCuda(key, width, value, width, seq_ids, positions, num_tokens, tables,
+                                cache, stream);
 }
 
 namespace internal {
@@ -1047,8 +1101,9 @@ Status LaunchPagedAttentionDecodeWithSplit(
     const CudaBlockTables& tables, const CudaPagedKvCache& cache, const CudaAnchorSet& anchors,
     const AttentionOptions& options, int32_t split_keys, int32_t stages, void* workspace,
     size_t workspace_bytes, void* out, cudaStream_t stream) {
-  return DecodeImpl(query, context_lens, max_context, q_heads, tables, cache, anchors, options,
-                    split_keys, stages, workspace, workspace_bytes, out, stream);
+  return DecodeImpl(query, int64_t{q_heads} * cache.head_dim, context_lens, max_context, q_heads,
+                    tables, cache, anchors, options, split_keys, stages, workspace, workspace_bytes,
+                    out, stream);
 }
 
 }  // namespace internal

@@ -78,6 +78,8 @@ inline constexpr int32_t kCudaAttentionMaxAnchors = 512;
 inline constexpr int32_t kCudaAttentionMaxGroup = 16;
 inline constexpr int32_t kCudaAttentionMaxTokens = 1 << 22;
 inline constexpr int32_t kCudaAttentionMaxContext = 1 << 24;
+// Bound on a row stride (elements), so token * stride stays far inside int64.
+inline constexpr int64_t kCudaAttentionMaxRowStride = int64_t{1} << 24;
 
 // One layer's paged KV cache on the device. Borrowed; 16-byte aligned.
 struct CudaPagedKvCache {
@@ -110,8 +112,15 @@ struct CudaAnchorSet {
 size_t PagedAttentionDecodeWorkspaceBytes(int32_t num_seqs, int32_t q_heads, int32_t head_dim,
                                           int32_t max_context);
 
+// Row strides. The launchers read query, key and value rows `..._stride` elements apart
+// (>= the row's width q_heads * head_dim or kv_heads * head_dim, a multiple of 8 so every row
+// keeps the base's 16-byte alignment, at most kCudaAttentionMaxRowStride), so they can be column
+// ranges of one fused [tokens, q | k | v] projection output. Strides change addressing only: the
+// bits are those of packed rows. The overloads without strides take packed rows.
+
 // Decode: one query per sequence s = 0 .. tables.num_seqs - 1 at position context_lens[s] - 1.
-//   query:        [num_seqs, q_heads, head_dim] bf16, device, 16-byte aligned.
+//   query:        sequence s's [q_heads, head_dim] bf16 at query + s * query_stride, device,
+//                 16-byte aligned.
 //   context_lens: [num_seqs] int32, device; each in [1, max_context].
 //   max_context:  host-known bound on the context lengths (sizes the grid and workspace).
 //   workspace:    device scratch of at least PagedAttentionDecodeWorkspaceBytes(...) bytes,
@@ -119,8 +128,15 @@ size_t PagedAttentionDecodeWorkspaceBytes(int32_t num_seqs, int32_t q_heads, int
 //   out:          [num_seqs, q_heads, head_dim] bf16, device; must not overlap the inputs.
 // Enqueues two kernels on `stream`. InvalidArgument (nothing launched) on null pointers,
 // misalignment, sizes out of range (head_dim not 64/128, q_heads not a multiple of kv_heads or a
-// group over 16, max_context above the table capacity), a mode / anchor set mismatch, a
-// non-finite scale or a short workspace; Internal if a launch fails.
+// group over 16, max_context above the table capacity, a bad query_stride), a mode / anchor set
+// mismatch, a non-finite scale or a short workspace; Internal if a launch fails.
+Status LaunchPagedAttentionDecodeCuda(const void* query, int64_t query_stride,
+                                      const int32_t* context_lens, int32_t max_context,
+                                      int32_t q_heads, const CudaBlockTables& tables,
+                                      const CudaPagedKvCache& cache, const CudaAnchorSet& anchors,
+                                      const AttentionOptions& options, void* workspace,
+                                      size_t workspace_bytes, void* out, cudaStream_t stream);
+// The same on packed queries [num_seqs, q_heads, head_dim] (query_stride = q_heads * head_dim).
 Status LaunchPagedAttentionDecodeCuda(const void* query, const int32_t* context_lens,
                                       int32_t max_context, int32_t q_heads,
                                       const CudaBlockTables& tables, const CudaPagedKvCache& cache,
@@ -131,11 +147,20 @@ Status LaunchPagedAttentionDecodeCuda(const void* query, const int32_t* context_
 // Prefill (or any work list): query token t is sequence seq_ids[t] at positions[t], causal over
 // [0, positions[t]]; tokens of one or several sequences, in any order (runs of equal seq ids
 // share K/V tiles). The caller has written every token's own K/V (LaunchWritePagedKvCuda).
-//   query:       [num_tokens, q_heads, head_dim] bf16, device, 16-byte aligned.
+//   query:       token t's [q_heads, head_dim] bf16 at query + t * query_stride, device,
+//                16-byte aligned.
 //   seq_ids, positions: [num_tokens] int32, device; positions in [0, max_context).
-//   out:         [num_tokens, q_heads, head_dim] bf16, device.
+//   out:         [num_tokens, q_heads, head_dim] bf16, device (packed).
 // Same bits per token as the decode launcher. Same errors; no workspace. num_tokens == 0 is a
 // no-op.
+Status LaunchPagedAttentionPrefillCuda(const void* query, int64_t query_stride,
+                                       const int32_t* seq_ids, const int32_t* positions,
+                                       int32_t num_tokens, int32_t max_context, int32_t q_heads,
+                                       const CudaBlockTables& tables, const CudaPagedKvCache& cache,
+                                       const CudaAnchorSet& anchors,
+                                       const AttentionOptions& options, void* out,
+                                       cudaStream_t stream);
+// The same on packed queries [num_tokens, q_heads, head_dim] (query_stride = q_heads * head_dim).
 Status LaunchPagedAttentionPrefillCuda(const void* query, const int32_t* seq_ids,
                                        const int32_t* positions, int32_t num_tokens,
                                        int32_t max_context, int32_t q_heads,
@@ -145,11 +170,18 @@ Status LaunchPagedAttentionPrefillCuda(const void* query, const int32_t* seq_ids
                                        cudaStream_t stream);
 
 // Writes new rows into the cache: row t to sequence seq_ids[t] at positions[t].
-//   key, value: [num_tokens, kv_heads, head_dim] bf16, device, 16-byte aligned (K after RoPE).
+//   key, value: token t's [kv_heads, head_dim] bf16 at key + t * key_stride and
+//               value + t * value_stride, device, 16-byte aligned (K after RoPE).
 //   seq_ids, positions: [num_tokens] int32, device. A token whose seq id, position or block id is
 //   out of range is skipped (device memory cannot be validated from the host). Two tokens must
 //   not map to the same slot.
-// InvalidArgument (nothing launched) on null pointers, misalignment or bad sizes.
+// InvalidArgument (nothing launched) on null pointers, misalignment, bad strides or bad sizes.
+Status LaunchWritePagedKvCuda(const void* key, int64_t key_stride, const void* value,
+                              int64_t value_stride, const int32_t* seq_ids,
+                              const int32_t* positions, int32_t num_tokens,
+                              const CudaBlockTables& tables, const CudaPagedKvCache& cache,
+                              cudaStream_t stream);
+// The same on packed rows [num_tokens, kv_heads, head_dim] (strides kv_heads * head_dim).
 Status LaunchWritePagedKvCuda(const void* key, const void* value, const int32_t* seq_ids,
                               const int32_t* positions, int32_t num_tokens,
                               const CudaBlockTables& tables, const CudaPagedKvCache& cache,

@@ -2,9 +2,10 @@
 // reference (paged_attention.h) fed the same bf16 values widened to f32, within a bound derived
 // below; and the determinism promises bit for bit: run twice, gamma 0 versus plain attention,
 // gamma 1 versus anchors-only attention, decode versus prefill, prefill chunkings, a sequence
-// alone versus inside batches of 1..256, page sizes and block placements. Unwritten cache slots
-// hold NaN, so reading one would show. Then the error paths (nothing launched) and the NaN rows
-// for out-of-range device indices.
+// alone versus inside batches of 1..256, page sizes and block placements, strided rows (the
+// fused q|k|v projection output read in place) versus packed rows. Unwritten cache slots hold
+// NaN, so reading one would show. Then the error paths (nothing launched) and the NaN rows for
+// out-of-range device indices.
 //
 // Without a CUDA device the shared GPU test main exits 77 (CTest: skipped).
 #include <algorithm>
@@ -141,6 +142,31 @@ PagedCache MakeCache(const Problem& pr, int32_t block_size, int32_t capacity, bo
   return c;
 }
 
+// A second cache with the same geometry and block placement, every slot NaN.
+PagedCache SamePlacement(const PagedCache& c) {
+  PagedCache copy;
+  copy.block_size = c.block_size;
+  copy.num_blocks = c.num_blocks;
+  copy.max_blocks = c.max_blocks;
+  copy.table = c.table;
+  copy.key_bits.assign(c.key_bits.size(), kBf16NaN);
+  copy.value_bits.assign(c.value_bits.size(), kBf16NaN);
+  copy.key = std::make_unique<DeviceBuffer>(copy.key_bits);
+  copy.value = std::make_unique<DeviceBuffer>(copy.value_bits);
+  copy.device_table = std::make_unique<DeviceBuffer>(copy.table);
+  return copy;
+}
+
+// `rows` ([count, width]) placed at element offset + r * stride of a buffer of `filler`.
+Bits Embed(const Bits& rows, int64_t width, int64_t offset, int64_t stride, uint16_t filler) {
+  const auto count = static_cast<int64_t>(rows.size()) / width;
+  Bits image(static_cast<size_t>(offset + count * stride), filler);
+  for (int64_t r = 0; r < count; ++r) {
+    std::copy_n(rows.begin() + r * width, width, image.begin() + offset + r * stride);
+  }
+  return image;
+}
+
 struct DeviceAnchors {
   std::unique_ptr<DeviceBuffer> key, value, gamma;
   CudaAnchorSet set{nullptr, nullptr, nullptr, 0};
@@ -188,6 +214,42 @@ Bits RunPrefill(const Problem& pr, const PagedCache& c, const Bits& queries,
                                             static_cast<int32_t>(seq_ids.size()), max_context,
                                             pr.q_heads, c.Tables(), c.View(pr), anchors.set,
                                             Options(pr), out.get(), nullptr));
+  return out.Download<uint16_t>();
+}
+
+// The launchers with strided queries: query row r at element offset + r * stride of `image`.
+Bits RunDecodeStrided(const Problem& pr, const PagedCache& c, const Bits& image, int64_t offset,
+                      int64_t stride, const std::vector<int32_t>& context_lens,
+                      int32_t max_context) {
+  const DeviceAnchors anchors = UploadAnchors(pr);
+  const DeviceBuffer q(image);
+  const DeviceBuffer lens(context_lens);
+  const auto seqs = static_cast<int32_t>(context_lens.size());
+  DeviceBuffer out(static_cast<size_t>(seqs * pr.query_row()) * 2);
+  const size_t bytes =
+      PagedAttentionDecodeWorkspaceBytes(seqs, pr.q_heads, pr.head_dim, max_context);
+  DeviceBuffer workspace(bytes);
+  CudaBlockTables tables = c.Tables();
+  tables.num_seqs = seqs;
+  EXPECT_OK(LaunchPagedAttentionDecodeCuda(
+      q.get<uint16_t>() + offset, stride, lens.get<int32_t>(), max_context, pr.q_heads, tables,
+      c.View(pr), anchors.set, Options(pr), workspace.get(), bytes, out.get(), nullptr));
+  return out.Download<uint16_t>();
+}
+
+Bits RunPrefillStrided(const Problem& pr, const PagedCache& c, const Bits& image, int64_t offset,
+                       int64_t stride, const std::vector<int32_t>& seq_ids,
+                       const std::vector<int32_t>& positions, int32_t max_context) {
+  const DeviceAnchors anchors = UploadAnchors(pr);
+  const DeviceBuffer q(image);
+  const DeviceBuffer seqs(seq_ids);
+  const DeviceBuffer pos(positions);
+  const auto tokens = static_cast<int32_t>(seq_ids.size());
+  DeviceBuffer out(static_cast<size_t>(tokens * pr.query_row()) * 2);
+  EXPECT_OK(LaunchPagedAttentionPrefillCuda(q.get<uint16_t>() + offset, stride, seqs.get<int32_t>(),
+                                            pos.get<int32_t>(), tokens, max_context, pr.q_heads,
+                                            c.Tables(), c.View(pr), anchors.set, Options(pr),
+                                            out.get(), nullptr));
   return out.Download<uint16_t>();
 }
 
@@ -520,6 +582,90 @@ TEST_F(PagedAttentionGpuTest, DecodeRingDepthDoesNotChangeBits) {
   }
 }
 
+// The CUDA backend's layout: one [tokens, q | k | v] projection output (row stride n) read in
+// place. K/V writes from it fill the cache exactly as packed K/V rows do; prefill and decode
+// queries read from it, and from rows at an offset padded with NaN (a stray read would show),
+// give the packed launchers' bits, and decode still equals prefill.
+TEST_F(PagedAttentionGpuTest, StridedRowsGiveThePackedBitsBitwise) {
+  struct Case {
+    int32_t q_heads, kv_heads, head_dim, anchors, block_size;
+  };
+  for (const Case& k :
+       {Case{32, 8, 128, 64, 16}, Case{12, 4, 64, 0, 5}, Case{16, 1, 128, 512, 1}}) {
+    SCOPED_TRACE(::testing::Message()
+                 << "q " << k.q_heads << " kv " << k.kv_heads << " d " << k.head_dim << " A "
+                 << k.anchors << " bs " << k.block_size);
+    const std::vector<int32_t> lengths = {300, 77, 530};
+    const int32_t max_context = 530;
+    const Problem pr = MakeProblem(k.q_heads, k.kv_heads, k.head_dim, k.anchors, lengths);
+    const int64_t q_row = pr.query_row(), row = pr.row(), n = q_row + 2 * row;
+    // Work list: every token of every sequence; packed K/V rows and the fused rows.
+    std::vector<int32_t> ids, pos, last_token;
+    Bits keys, values;
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      for (int32_t p = 0; p < lengths[s]; ++p) {
+        ids.push_back(static_cast<int32_t>(s));
+        pos.push_back(p);
+        keys.insert(keys.end(), pr.keys[s].begin() + p * row, pr.keys[s].begin() + (p + 1) * row);
+        values.insert(values.end(), pr.values[s].begin() + p * row,
+                      pr.values[s].begin() + (p + 1) * row);
+      }
+      last_token.push_back(static_cast<int32_t>(ids.size()) - 1);
+    }
+    const auto tokens = static_cast<int32_t>(ids.size());
+    const Bits queries = RandomBits(tokens * q_row);
+    Bits fused(static_cast<size_t>(tokens * n));
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy_n(queries.begin() + t * q_row, q_row, fused.begin() + t * n);
+      std::copy_n(keys.begin() + t * row, row, fused.begin() + t * n + q_row);
+      std::copy_n(values.begin() + t * row, row, fused.begin() + t * n + q_row + row);
+    }
+    // K/V writes: packed rows into one cache, the fused rows' k and v columns into a cache with
+    // the same block placement.
+    const PagedCache packed = MakeCache(pr, k.block_size, max_context, false, rng_);
+    const PagedCache strided = SamePlacement(packed);
+    const DeviceBuffer kd(keys), vd(values), fd(fused), idd(ids), posd(pos);
+    ASSERT_OK(LaunchWritePagedKvCuda(kd.get(), vd.get(), idd.get<int32_t>(), posd.get<int32_t>(),
+                                     tokens, packed.Tables(), packed.View(pr), nullptr));
+    const uint16_t* f = fd.get<uint16_t>();
+    ASSERT_OK(LaunchWritePagedKvCuda(f + q_row, n, f + q_row + row, n, idd.get<int32_t>(),
+                                     posd.get<int32_t>(), tokens, strided.Tables(),
+                                     strided.View(pr), nullptr));
+    const Bits packed_keys = packed.key->Download<uint16_t>();
+    EXPECT_EQ(std::count(packed_keys.begin(), packed_keys.end(), kBf16NaN),
+              static_cast<int64_t>(packed_keys.size()) - tokens * row);
+    EXPECT_EQ(strided.key->Download<uint16_t>(), packed_keys);
+    EXPECT_EQ(strided.value->Download<uint16_t>(), packed.value->Download<uint16_t>());
+    // Prefill over every token.
+    const Bits prefill = RunPrefill(pr, packed, queries, ids, pos, max_context);
+    EXPECT_EQ(RunPrefillStrided(pr, strided, fused, 0, n, ids, pos, max_context), prefill)
+        << "fused rows";
+    const Bits padded = Embed(queries, q_row, 8, q_row + 8, kBf16NaN);
+    EXPECT_EQ(RunPrefillStrided(pr, strided, padded, 8, q_row + 8, ids, pos, max_context), prefill)
+        << "padded rows";
+    // Decode of each sequence's last token.
+    Bits decode_q, decode_fused;
+    for (int32_t t : last_token) {
+      decode_q.insert(decode_q.end(), queries.begin() + t * q_row,
+                      queries.begin() + (t + 1) * q_row);
+      decode_fused.insert(decode_fused.end(), fused.begin() + t * n, fused.begin() + (t + 1) * n);
+    }
+    const Bits decode = RunDecode(pr, packed, decode_q, lengths, max_context);
+    EXPECT_EQ(RunDecodeStrided(pr, strided, decode_fused, 0, n, lengths, max_context), decode)
+        << "fused rows";
+    EXPECT_EQ(RunDecodeStrided(pr, strided, Embed(decode_q, q_row, 8, q_row + 8, kBf16NaN), 8,
+                               q_row + 8, lengths, max_context),
+              decode)
+        << "padded rows";
+    for (size_t s = 0; s < lengths.size(); ++s) {
+      EXPECT_TRUE(std::equal(decode.begin() + static_cast<int64_t>(s) * q_row,
+                             decode.begin() + static_cast<int64_t>(s + 1) * q_row,
+                             prefill.begin() + last_token[s] * q_row))
+          << "decode equals prefill, sequence " << s;
+    }
+  }
+}
+
 TEST_F(PagedAttentionGpuTest, WritePagedKvFollowsTheLayout) {
   const Problem pr = MakeProblem(8, 2, 64, 0, {37, 5});
   PagedCache c = MakeCache(pr, 16, 64, false, rng_);
@@ -638,6 +784,30 @@ TEST_F(PagedAttentionGpuTest, BadArgumentsAreRejectedWithoutLaunching) {
   EXPECT_THAT(LaunchWritePagedKvCuda(misaligned, q.get(), zero.get<int32_t>(), zero.get<int32_t>(),
                                      1, c.Tables(), view, nullptr),
               invalid);
+  // Row strides: below the width, not whole 16-byte units, past the bound.
+  const int64_t q_row = pr.query_row(), row = pr.row();
+  for (int64_t stride : {q_row - 8, q_row + 4, q_row + 1, kCudaAttentionMaxRowStride + 8}) {
+    EXPECT_THAT(LaunchPagedAttentionDecodeCuda(q.get(), stride, lens.get<int32_t>(), 64, 8,
+                                               c.Tables(), view, anchors.set, mix, workspace.get(),
+                                               bytes, out.get(), nullptr),
+                invalid)
+        << stride;
+    EXPECT_THAT(LaunchPagedAttentionPrefillCuda(q.get(), stride, zero.get<int32_t>(),
+                                                zero.get<int32_t>(), 1, 64, 8, c.Tables(), view,
+                                                anchors.set, mix, out.get(), nullptr),
+                invalid)
+        << stride;
+  }
+  for (int64_t stride : {row - 8, row + 2, kCudaAttentionMaxRowStride + 8}) {
+    EXPECT_THAT(LaunchWritePagedKvCuda(q.get(), stride, q.get(), row, zero.get<int32_t>(),
+                                       zero.get<int32_t>(), 1, c.Tables(), view, nullptr),
+                invalid)
+        << stride;
+    EXPECT_THAT(LaunchWritePagedKvCuda(q.get(), row, q.get(), stride, zero.get<int32_t>(),
+                                       zero.get<int32_t>(), 1, c.Tables(), view, nullptr),
+                invalid)
+        << stride;
+  }
   EXPECT_OK(LaunchPagedAttentionPrefillCuda(nullptr, nullptr, nullptr, 0, 64, 8, c.Tables(), view,
                                             anchors.set, mix, nullptr, nullptr));
   EXPECT_EQ(out.Download<uint16_t>(), sentinel);

@@ -3,7 +3,8 @@
 // Design. A flat grid over (token, head, group of kPairs rotation pairs): one thread loads
 // kPairs elements of each half of a head (16-byte loads when kPairs == 8 and the layout allows)
 // and the matching cos/sin entries, rotates, and stores in place. q heads come first, then k
-// heads, so one launch covers both.
+// heads, so one launch covers both. A token's row starts at token * stride: the strides only
+// move addresses, the arithmetic per pair is the same.
 //
 // Thread-safety: see rope_cuda.h.
 #include <string>
@@ -27,9 +28,9 @@ struct alignas(kPairs * 2) Pairs {
 template <int kPairs>
 __global__ void __launch_bounds__(kThreads)
     RopeKernel(const float* __restrict__ cos_table, const float* __restrict__ sin_table,
-               int32_t max_positions, __nv_bfloat16* q, __nv_bfloat16* k,
-               const int32_t* __restrict__ positions, int64_t num_tokens, int32_t q_heads,
-               int32_t kv_heads, int32_t half, uint32_t* error_flags) {
+               int32_t max_positions, __nv_bfloat16* q, int64_t q_stride, __nv_bfloat16* k,
+               int64_t k_stride, const int32_t* __restrict__ positions, int64_t num_tokens,
+               int32_t q_heads, int32_t kv_heads, int32_t half, uint32_t* error_flags) {
   const int32_t groups = half / kPairs;
   const int32_t heads = q_heads + kv_heads;
   const int64_t item = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
@@ -42,8 +43,8 @@ __global__ void __launch_bounds__(kThreads)
     if (head == 0 && group == 0) atomicOr(error_flags, kRopeErrorPosition);
     position = position < 0 ? 0 : max_positions - 1;
   }
-  __nv_bfloat16* x = head < q_heads ? q + (token * q_heads + head) * 2 * half
-                                    : k + (token * kv_heads + (head - q_heads)) * 2 * half;
+  __nv_bfloat16* x = head < q_heads ? q + token * q_stride + int64_t{head} * 2 * half
+                                    : k + token * k_stride + int64_t{head - q_heads} * 2 * half;
   const int32_t i = group * kPairs;
   const float* cos = cos_table + static_cast<int64_t>(position) * half + i;
   const float* sin = sin_table + static_cast<int64_t>(position) * half + i;
@@ -66,9 +67,9 @@ bool AlignedTo(const void* pointer, int bytes) {
   return reinterpret_cast<uintptr_t>(pointer) % static_cast<uintptr_t>(bytes) == 0;
 }
 
-Status Validate(const RopeDeviceTable& table, const void* q, const void* k,
-                const int32_t* positions, int64_t num_tokens, int32_t q_heads, int32_t kv_heads,
-                int32_t head_dim, const uint32_t* error_flags) {
+Status Validate(const RopeDeviceTable& table, const void* q, int64_t q_stride, const void* k,
+                int64_t k_stride, const int32_t* positions, int64_t num_tokens, int32_t q_heads,
+                int32_t kv_heads, int32_t head_dim, const uint32_t* error_flags) {
   if (num_tokens < 0 || num_tokens > kRopeMaxTokens) {
     return InvalidArgumentError("rope: num_tokens " + std::to_string(num_tokens) + " outside [0, " +
                                 std::to_string(kRopeMaxTokens) + "]");
@@ -80,6 +81,16 @@ Status Validate(const RopeDeviceTable& table, const void* q, const void* k,
   if (head_dim != table.head_dim || head_dim < 2 || head_dim % 2 != 0) {
     return InvalidArgumentError("rope: head_dim " + std::to_string(head_dim) +
                                 " does not match the table's " + std::to_string(table.head_dim));
+  }
+  const int64_t q_width = int64_t{q_heads} * head_dim;
+  const int64_t k_width = int64_t{kv_heads} * head_dim;
+  if (q_stride < q_width || q_stride > kRopeMaxRowStride || k_stride < k_width ||
+      k_stride > kRopeMaxRowStride) {
+    const std::string max = std::to_string(kRopeMaxRowStride);
+    return InvalidArgumentError("rope: q_stride " + std::to_string(q_stride) + " must be in [" +
+                                std::to_string(q_width) + ", " + max + "] and k_stride " +
+                                std::to_string(k_stride) + " in [" + std::to_string(k_width) +
+                                ", " + max + "]");
   }
   if (table.cos == nullptr || table.sin == nullptr || table.max_positions < 1) {
     return InvalidArgumentError("rope: empty device table");
@@ -119,16 +130,18 @@ StatusOr<RopeDeviceTable> CopyRopeTableToDevice(const RopeTable& table, float* c
   return RopeDeviceTable{cos, sin, table.head_dim(), table.max_positions()};
 }
 
-Status LaunchRope(const RopeDeviceTable& table, void* q, void* k, const int32_t* positions,
-                  int64_t num_tokens, int32_t q_heads, int32_t kv_heads, int32_t head_dim,
-                  uint32_t* error_flags, cudaStream_t stream) {
-  FP_RETURN_IF_ERROR(
-      Validate(table, q, k, positions, num_tokens, q_heads, kv_heads, head_dim, error_flags));
+Status LaunchRope(const RopeDeviceTable& table, void* q, int64_t q_stride, void* k,
+                  int64_t k_stride, const int32_t* positions, int64_t num_tokens, int32_t q_heads,
+                  int32_t kv_heads, int32_t head_dim, uint32_t* error_flags, cudaStream_t stream) {
+  FP_RETURN_IF_ERROR(Validate(table, q, q_stride, k, k_stride, positions, num_tokens, q_heads,
+                              kv_heads, head_dim, error_flags));
   const int32_t half = head_dim / 2;
   if (num_tokens == 0 || q_heads + kv_heads == 0) return OkStatus();
-  // 16-byte accesses need every pair group aligned: half a multiple of 8 and aligned bases (the
-  // cos/sin rows are then 32-byte aligned as well, given 16-byte aligned tables).
+  // 16-byte accesses need every pair group aligned: half a multiple of 8, aligned bases and
+  // strides of whole 16-byte units (the cos/sin rows are then 32-byte aligned as well, given
+  // 16-byte aligned tables). A stride only matters for the tensor that has heads.
   const bool vector = half % 8 == 0 && AlignedTo(q, 16) && AlignedTo(k, 16) &&
+                      (q_heads == 0 || q_stride % 8 == 0) && (kv_heads == 0 || k_stride % 8 == 0) &&
                       AlignedTo(table.cos, 16) && AlignedTo(table.sin, 16);
   const int pairs = vector ? 8 : 1;
   const int64_t items = num_tokens * (q_heads + kv_heads) * (half / pairs);
@@ -139,14 +152,21 @@ Status LaunchRope(const RopeDeviceTable& table, void* q, void* k, const int32_t*
   auto* kb = static_cast<__nv_bfloat16*>(k);
   if (vector) {
     RopeKernel<8><<<blocks, kThreads, 0, stream>>>(table.cos, table.sin, table.max_positions, qb,
-                                                   kb, positions, num_tokens, q_heads, kv_heads,
-                                                   half, error_flags);
+                                                   q_stride, kb, k_stride, positions, num_tokens,
+                                                   q_heads, kv_heads, half, error_flags);
   } else {
     RopeKernel<1><<<blocks, kThreads, 0, stream>>>(table.cos, table.sin, table.max_positions, qb,
-                                                   kb, positions, num_tokens, q_heads, kv_heads,
-                                                   half, error_flags);
+                                                   q_stride, kb, k_stride, positions, num_tokens,
+                                                   q_heads, kv_heads, half, error_flags);
   }
   return CudaStatus(cudaGetLastError(), "RopeKernel launch");
+}
+
+Status LaunchRope(const RopeDeviceTable& table, void* q, void* k, const int32_t* positions,
+                  int64_t num_tokens, int32_t q_heads, int32_t kv_heads, int32_t head_dim,
+                  uint32_t* error_flags, cudaStream_t stream) {
+  return LaunchRope(table, q, int64_t{q_heads} * head_dim, k, int64_t{kv_heads} * head_dim,
+                    positions, num_tokens, q_heads, kv_heads, head_dim, error_flags, stream);
 }
 
 }  // namespace fp::kernels

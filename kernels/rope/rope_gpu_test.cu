@@ -1,7 +1,8 @@
 // GPU tests of RoPE: bit equality with ApplyRope (rope.h) fed the same bf16 inputs, for the
 // default and the llama3 frequency tables, odd head sizes and head counts (scalar path), the
-// vector versus scalar paths, run-twice and single-versus-batched bitwise, clamp-and-flag of bad
-// positions, and the launcher's error paths.
+// vector versus scalar paths, strided rows (q and k inside one fused q|k|v buffer, padded and odd
+// strides) versus packed rows bitwise, run-twice and single-versus-batched bitwise,
+// clamp-and-flag of bad positions, and the launcher's error paths.
 //
 // Without a CUDA device the shared GPU test main exits 77 (CTest: skipped).
 #include <memory>
@@ -110,6 +111,65 @@ class RopeGpuTest : public ::testing::Test {
             Download(flags.as<uint32_t>(), 1)[0]};
   }
 
+  // Where q and k rows sit inside one device buffer: row t of q at element q_offset + t * q_stride,
+  // row t of k at k_offset + t * k_stride.
+  struct Layout {
+    int64_t q_offset, q_stride, k_offset, k_stride, total;
+  };
+
+  // Rotates q and k laid out as `layout` says inside a buffer whose other elements hold random
+  // bits; returns the rotated rows and expects every other element unchanged.
+  Output RunStrided(const RopeTable& table, const Bits& q, const Bits& k,
+                    const std::vector<int32_t>& positions, int32_t q_heads, int32_t kv_heads,
+                    const Layout& layout) {
+    const auto tokens = static_cast<int64_t>(positions.size());
+    const int64_t q_width = int64_t{q_heads} * table.head_dim();
+    const int64_t k_width = int64_t{kv_heads} * table.head_dim();
+    const Bits background = RandomBf16(static_cast<size_t>(layout.total), rng_);
+    Bits image = background;
+    std::vector<bool> owned(image.size(), false);
+    for (int64_t t = 0; t < tokens; ++t) {
+      for (int64_t i = 0; i < q_width; ++i) {
+        const auto at = static_cast<size_t>(layout.q_offset + t * layout.q_stride + i);
+        EXPECT_FALSE(owned[at]);
+        image[at] = q[static_cast<size_t>(t * q_width + i)];
+        owned[at] = true;
+      }
+      for (int64_t i = 0; i < k_width; ++i) {
+        const auto at = static_cast<size_t>(layout.k_offset + t * layout.k_stride + i);
+        EXPECT_FALSE(owned[at]) << "q and k rows overlap";
+        image[at] = k[static_cast<size_t>(t * k_width + i)];
+        owned[at] = true;
+      }
+    }
+    const auto table_bytes = static_cast<size_t>(RopeDeviceTableBytes(table));
+    DeviceBuffer cos(table_bytes), sin(table_bytes), data(image.size() * 2),
+        dpos(positions.size() * 4), flags(4);
+    StatusOr<RopeDeviceTable> device =
+        CopyRopeTableToDevice(table, cos.as<float>(), sin.as<float>(), stream_);
+    EXPECT_OK(device);
+    Upload(data.as<uint16_t>(), image);
+    Upload(dpos.as<int32_t>(), positions);
+    uint16_t* base = data.as<uint16_t>();
+    EXPECT_OK(LaunchRope(*device, base + layout.q_offset, layout.q_stride,
+                         kv_heads > 0 ? base + layout.k_offset : nullptr, layout.k_stride,
+                         dpos.as<int32_t>(), tokens, q_heads, kv_heads, table.head_dim(),
+                         flags.as<uint32_t>(), stream_));
+    const Bits after = Download(base, image.size());
+    Output out{Bits(q.size()), Bits(k.size()), Download(flags.as<uint32_t>(), 1)[0]};
+    int64_t changed_elsewhere = 0;
+    for (size_t i = 0; i < after.size(); ++i)
+      changed_elsewhere += !owned[i] && after[i] != image[i];
+    EXPECT_EQ(changed_elsewhere, 0) << "elements outside the q and k rows were written";
+    for (int64_t t = 0; t < tokens; ++t) {
+      std::copy_n(after.begin() + layout.q_offset + t * layout.q_stride, q_width,
+                  out.q.begin() + t * q_width);
+      std::copy_n(after.begin() + layout.k_offset + t * layout.k_stride, k_width,
+                  out.k.begin() + t * k_width);
+    }
+    return out;
+  }
+
   // ApplyRope on the widened inputs, rounded to bf16.
   static Output Reference(const RopeTable& table, const Bits& q, const Bits& k,
                           const std::vector<int32_t>& positions, int32_t q_heads,
@@ -177,6 +237,59 @@ TEST_F(RopeGpuTest, ScalarPathEqualsVectorPathAndRunsRepeatBitwise) {
   EXPECT_EQ(vector.k, again.k);
 }
 
+// q and k as column ranges of wider rows give the packed layout's bits and write nothing else:
+// the fused [tokens, q | k | v] projection output (vector path), padded strides of whole 16-byte
+// units (vector path), odd strides and offsets (2-byte path against the packed vector path), an
+// odd head size, and q alone.
+TEST_F(RopeGpuTest, StridedRowsEqualPackedRowsBitwise) {
+  struct Case {
+    const char* name;
+    RopeConfig config;
+    int32_t tokens, q_heads, kv_heads;
+    int64_t q_pad, k_pad;  // stride - width (ignored when fused)
+    int64_t q_offset;      // elements before the first q row
+    bool fused;            // one [tokens, q | k | v] buffer, v left alone
+  };
+  const Case cases[] = {
+      {"fused d64", DefaultConfig(64), 37, 32, 4, 0, 0, 0, true},
+      {"fused llama3 d128", Llama3Config(), 19, 8, 2, 0, 0, 0, true},
+      {"fused odd half", DefaultConfig(6), 9, 3, 1, 0, 0, 0, true},
+      {"padded aligned", DefaultConfig(64), 13, 4, 1, 8, 24, 8, false},
+      {"odd strides", DefaultConfig(64), 11, 7, 3, 3, 5, 1, false},
+      {"q only", DefaultConfig(64), 5, 5, 0, 16, 0, 0, false},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    ASSERT_OK_AND_ASSIGN(RopeTable table, RopeTable::Create(c.config));
+    const int64_t d = c.config.head_dim;
+    const int64_t q_width = c.q_heads * d, k_width = c.kv_heads * d;
+    const Bits q = RandomBf16(static_cast<size_t>(c.tokens * q_width), rng_);
+    const Bits k = RandomBf16(static_cast<size_t>(c.tokens * k_width), rng_);
+    const std::vector<int32_t> positions = RandomPositions(c.tokens, c.config.max_positions);
+    Layout layout{};
+    if (c.fused) {
+      const int64_t n = q_width + 2 * k_width;
+      layout = {0, n, q_width, n, c.tokens * n};
+    } else {
+      layout.q_offset = c.q_offset;
+      layout.q_stride = q_width + c.q_pad;
+      // k after the q rows, offset from them like q is from the start (same alignment).
+      layout.k_offset = 2 * c.q_offset + c.tokens * layout.q_stride;
+      layout.k_stride = k_width + c.k_pad;
+      layout.total = layout.k_offset + c.tokens * layout.k_stride + 7;
+    }
+    const Output strided = RunStrided(table, q, k, positions, c.q_heads, c.kv_heads, layout);
+    const Output packed = Run(table, q, k, positions, c.q_heads, c.kv_heads);
+    EXPECT_EQ(strided.q, packed.q);
+    EXPECT_EQ(strided.k, packed.k);
+    EXPECT_EQ(strided.flags, 0u);
+    // And both are ApplyRope's bits (the strided rows really were rotated).
+    const Output cpu = Reference(table, q, k, positions, c.q_heads, c.kv_heads);
+    EXPECT_EQ(strided.q, cpu.q);
+    EXPECT_EQ(strided.k, cpu.k);
+  }
+}
+
 TEST_F(RopeGpuTest, SingleTokenEqualsSameTokenInsideBatches) {
   ASSERT_OK_AND_ASSIGN(RopeTable table, RopeTable::Create(DefaultConfig(64)));
   const size_t q_row = 32 * 64, k_row = 4 * 64;
@@ -229,6 +342,16 @@ TEST_F(RopeGpuTest, InvalidArgumentsAreRejected) {
   EXPECT_THAT(LaunchRope(device, q, q, nullptr, 1, 1, 1, 64, flags, stream_),
               StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchRope(device, q, q, positions, 1, 1, 1, 64, nullptr, stream_),
+              StatusIs(StatusCode::kInvalidArgument));
+  // Row strides: below the width (q, then k), past the bound, negative for an absent k.
+  EXPECT_THAT(LaunchRope(device, q, 63, q + 64, 64, positions, 1, 1, 1, 64, flags, stream_),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(LaunchRope(device, q, 128, q + 64, 63, positions, 1, 1, 1, 64, flags, stream_),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(LaunchRope(device, q, kRopeMaxRowStride + 1, nullptr, 0, positions, 1, 1, 0, 64,
+                         flags, stream_),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(LaunchRope(device, q, 64, nullptr, -1, positions, 1, 1, 0, 64, flags, stream_),
               StatusIs(StatusCode::kInvalidArgument));
   RopeDeviceTable empty = device;
   empty.cos = nullptr;

@@ -98,9 +98,9 @@ struct StepBuffers {
   cuda::DeviceBuffer staging;       // device mirror of staging_host
   cuda::DeviceBuffer x;             // [tokens, hidden] bf16 residual stream
   cuda::DeviceBuffer h;             // [tokens, hidden] bf16 normalised
-  cuda::DeviceBuffer q;             // [tokens, q_heads * head_dim] bf16
-  cuda::DeviceBuffer k;             // [tokens, kv_heads * head_dim] bf16
-  cuda::DeviceBuffer v;             // [tokens, kv_heads * head_dim] bf16
+  // [tokens, q_dim + 2 * kv_dim] bf16: the fused projection's q, k and v columns, which RoPE,
+  // the KV write and attention use in place through row strides.
+  cuda::DeviceBuffer qkv;
   cuda::DeviceBuffer attn;          // [tokens, q_heads * head_dim] bf16
   cuda::DeviceBuffer gate_up;       // [tokens, 2 * intermediate] bf16
   cuda::DeviceBuffer mlp;           // [tokens, intermediate] bf16
@@ -486,9 +486,8 @@ Status CudaBackend::EnsureCapacity(const StepShape& shape, int32_t max_context) 
   FP_ASSIGN_OR_RETURN(s_.staging, DeviceBuffer::Allocate(staging, "staging"));
   FP_ASSIGN_OR_RETURN(s_.x, DeviceBuffer::Allocate(t * hidden * 2, "activations"));
   FP_ASSIGN_OR_RETURN(s_.h, DeviceBuffer::Allocate(t * hidden * 2, "activations"));
-  FP_ASSIGN_OR_RETURN(s_.q, DeviceBuffer::Allocate(t * q_dim_ * 2, "activations"));
-  FP_ASSIGN_OR_RETURN(s_.k, DeviceBuffer::Allocate(t * kv_dim_ * 2, "activations"));
-  FP_ASSIGN_OR_RETURN(s_.v, DeviceBuffer::Allocate(t * kv_dim_ * 2, "activations"));
+  FP_ASSIGN_OR_RETURN(s_.qkv,
+                      DeviceBuffer::Allocate(t * (q_dim_ + 2 * kv_dim_) * 2, "activations"));
   FP_ASSIGN_OR_RETURN(s_.attn, DeviceBuffer::Allocate(t * q_dim_ * 2, "activations"));
   FP_ASSIGN_OR_RETURN(s_.gate_up, DeviceBuffer::Allocate(t * inter * 4, "activations"));
   FP_ASSIGN_OR_RETURN(s_.mlp, DeviceBuffer::Allocate(t * inter * 2, "activations"));
@@ -520,34 +519,34 @@ Status CudaBackend::RunLayer(size_t layer, const StepShape& shape, int32_t max_c
   const auto kv_heads = static_cast<int32_t>(c.num_kv_heads);
   const auto head_dim = static_cast<int32_t>(c.head_dim);
   auto* error = reinterpret_cast<uint32_t*>(s_.out.data());
-  const auto* q_w = static_cast<const uint8_t*>(w.qkv_proj);
-  const uint8_t* k_w = q_w + static_cast<size_t>(q_dim_) * hidden * 2;
-  const uint8_t* v_w = k_w + static_cast<size_t>(kv_dim_) * hidden * 2;
   FP_RETURN_IF_ERROR(
       kernels::LaunchRmsNorm(s_.x.data(), w.input_norm, eps, s_.h.data(), t, hidden, st));
-  FP_RETURN_IF_ERROR(kernels::LaunchGemm(s_.h.data(), q_w, nullptr, s_.q.data(), DType::kBf16, t,
-                                         q_dim_, hidden, st));
-  FP_RETURN_IF_ERROR(kernels::LaunchGemm(s_.h.data(), k_w, nullptr, s_.k.data(), DType::kBf16, t,
-                                         kv_dim_, hidden, st));
-  FP_RETURN_IF_ERROR(kernels::LaunchGemm(s_.h.data(), v_w, nullptr, s_.v.data(), DType::kBf16, t,
-                                         kv_dim_, hidden, st));
+  // One GEMM over q_proj, k_proj and v_proj stored back to back: each output column is the same
+  // dot product as in a GEMM of its own projection (the GEMM's bits per element depend only on
+  // its row, its weight row and k), and decode streams the weights with one wide grid.
+  const int64_t qkv_dim = q_dim_ + 2 * int64_t{kv_dim_};
+  FP_RETURN_IF_ERROR(kernels::LaunchGemm(s_.h.data(), w.qkv_proj, nullptr, s_.qkv.data(),
+                                         DType::kBf16, t, qkv_dim, hidden, st));
+  auto* q = static_cast<uint16_t*>(s_.qkv.data());
+  uint16_t* k = q + q_dim_;
+  const uint16_t* v = k + kv_dim_;
   const auto* positions = Staged<int32_t>(l.positions);
   const auto* seq_ids = Staged<int32_t>(l.seq_ids);
-  FP_RETURN_IF_ERROR(kernels::LaunchRope(rope_, s_.q.data(), s_.k.data(), positions, t, q_heads,
+  FP_RETURN_IF_ERROR(kernels::LaunchRope(rope_, q, qkv_dim, k, qkv_dim, positions, t, q_heads,
                                          kv_heads, head_dim, error, st));
   const kernels::CudaBlockTables tables{Staged<int32_t>(l.block_tables), shape.seqs,
                                         shape.table_stride};
   const kernels::CudaPagedKvCache& cache = caches_[layer];
-  FP_RETURN_IF_ERROR(kernels::LaunchWritePagedKvCuda(s_.k.data(), s_.v.data(), seq_ids, positions,
+  FP_RETURN_IF_ERROR(kernels::LaunchWritePagedKvCuda(k, qkv_dim, v, qkv_dim, seq_ids, positions,
                                                      shape.tokens, tables, cache, st));
   if (decode_attention) {
     FP_RETURN_IF_ERROR(kernels::LaunchPagedAttentionDecodeCuda(
-        s_.q.data(), Staged<int32_t>(l.context_lens), max_context, q_heads, tables, cache,
+        q, qkv_dim, Staged<int32_t>(l.context_lens), max_context, q_heads, tables, cache,
         anchor_views_[layer], attention_, s_.attention_ws.data(), s_.attention_ws.size(),
         s_.attn.data(), st));
   } else {
     FP_RETURN_IF_ERROR(kernels::LaunchPagedAttentionPrefillCuda(
-        s_.q.data(), seq_ids, positions, shape.tokens, max_context, q_heads, tables, cache,
+        q, qkv_dim, seq_ids, positions, shape.tokens, max_context, q_heads, tables, cache,
         anchor_views_[layer], attention_, s_.attn.data(), st));
   }
   // Residual adds fused into the projections' epilogue: x = bf16(x + attn o_proj^T).
