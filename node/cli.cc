@@ -19,12 +19,13 @@
 #include "common/cli.h"
 #include "common/crypto/sha256.h"
 #include "common/merkle/merkle.h"
+#include "common/tokenizer/tokenizer.h"
 #include "node/anchors/anchor_builder.h"
 #include "node/backend/cpu_backend.h"
+#include "node/campaign/detection_cli.h"
 #include "node/engine/engine.h"
 #include "node/engine/engine_bench.h"
 #include "node/model/tiny_model.h"
-#include "node/tokenizer/tokenizer.h"
 #include "node/worker/worker_cli.h"
 
 namespace fp {
@@ -84,9 +85,9 @@ SessionId DerivedSessionId(uint64_t seed, const std::vector<int32_t>& prompt) {
 }
 
 StatusOr<std::vector<int32_t>> PromptIds(const GenerateArgs& a, const Model& model,
-                                         const node::Tokenizer* tokenizer) {
+                                         const tokenizer::Tokenizer* tokenizer) {
   const int32_t vocab = static_cast<int32_t>(model.config().vocab_size);
-  if (!a.prompt_ids.empty()) return node::ParseTokenIds(a.prompt_ids, vocab);
+  if (!a.prompt_ids.empty()) return tokenizer::ParseTokenIds(a.prompt_ids, vocab);
   if (tokenizer == nullptr) {
     return InvalidArgumentError(a.model_dir + " has no tokenizer; give --prompt-ids");
   }
@@ -108,7 +109,7 @@ StatusOr<std::unique_ptr<node::AnchorSet>> LoadAnchorsFor(const GenerateArgs& a,
 
 // The output as text. A model's vocabulary may be larger than its tokenizer's (padding rows);
 // ids the tokenizer does not know are shown as <id> between the decoded runs.
-StatusOr<std::string> OutputText(const node::Tokenizer* tokenizer,
+StatusOr<std::string> OutputText(const tokenizer::Tokenizer* tokenizer,
                                  const std::vector<int32_t>& ids) {
   std::string text;
   if (tokenizer == nullptr) {
@@ -133,10 +134,10 @@ StatusOr<std::string> OutputText(const node::Tokenizer* tokenizer,
 Status RunGenerate(const GenerateArgs& a) {
   FP_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, Model::Load(a.model_dir));
   auto tokenizer =
-      node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size));
+      tokenizer::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size));
   if (!tokenizer.ok() && tokenizer.status().code() != StatusCode::kNotFound)
     return tokenizer.status();
-  const node::Tokenizer* tok = tokenizer.ok() ? tokenizer->get() : nullptr;
+  const tokenizer::Tokenizer* tok = tokenizer.ok() ? tokenizer->get() : nullptr;
   FP_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, PromptIds(a, *model, tok));
   FP_ASSIGN_OR_RETURN(std::unique_ptr<node::AnchorSet> anchors, LoadAnchorsFor(a, *model));
   node::EngineOptions options;
@@ -188,11 +189,11 @@ Status RunAnchorsBuild(const AnchorsArgs& a) {
   std::vector<int32_t> ids;
   if (!a.ids.empty()) {
     FP_ASSIGN_OR_RETURN(
-        ids, node::ParseTokenIds(a.ids, static_cast<int32_t>(model->config().vocab_size)));
+        ids, tokenizer::ParseTokenIds(a.ids, static_cast<int32_t>(model->config().vocab_size)));
   } else {
     FP_ASSIGN_OR_RETURN(
         auto tokenizer,
-        node::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size)));
+        tokenizer::LoadTokenizer(a.model_dir, static_cast<int32_t>(model->config().vocab_size)));
     FP_ASSIGN_OR_RETURN(ids, tokenizer->Encode(a.text, /*add_bos=*/true));
   }
   FP_ASSIGN_OR_RETURN(auto backend, node::CpuBackend::Create({a.threads}));
@@ -368,6 +369,7 @@ void AddNodeCommands(CLI::App& app, CLI::App& bench) {
   AddBenchCommands(bench);
   AddWorkerCommand(app);
   AddWorkerBench(bench);
+  AddDetectionBench(bench);
 }
 
 }  // namespace fp

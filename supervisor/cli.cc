@@ -3,8 +3,11 @@
 
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <map>
 #include <memory>
 
+#include <boost/json.hpp>
 #include <fmt/format.h>
 #include <signal.h>
 
@@ -14,7 +17,9 @@
 #include "common/crypto/sha256.h"
 #include "supervisor/bench/bench.h"
 #include "supervisor/fsck.h"
+#include "supervisor/ledger/checkpoints.h"
 #include "supervisor/log/rocksdb_log.h"
+#include "supervisor/net/http_client.h"
 #include "supervisor/runtime/supervisor.h"
 #include "supervisor/state/applier.h"
 #include "supervisor/state/state_store.h"
@@ -24,14 +29,20 @@ namespace {
 
 using supervisor::SupervisorOptions;
 
+inline constexpr size_t kMaxAdminTokenFileBytes = 4096;
+inline constexpr size_t kMinAdminTokenBytes = 16;
+
 struct RunArgs {
   SupervisorOptions options;
-  std::vector<std::string> models;  // ID=PROFILE_HEX[:ANCHORS_HEX]
+  std::vector<std::string> models;      // ID=PROFILE_HEX[:ANCHORS_HEX]
+  std::vector<std::string> tokenizers;  // ID=DIR
   int64_t tick_interval_ms = 1000;
   int64_t checkpoint_interval_ms = 10'000;
   int64_t replica_deadline_ms = 120'000;
   int64_t worker_grace_ms = 30'000;
   int64_t drain_timeout_ms = 10'000;
+  std::string admin_token_file;
+  int64_t log_trim_interval_ms = 10'000;
   std::string log_level = "info";
   std::string log_format = "text";
 };
@@ -59,6 +70,39 @@ Status ParseModels(const std::vector<std::string>& specs, supervisor::SessionDef
   return OkStatus();
 }
 
+// The admin token: the first line of `path`, at least kMinAdminTokenBytes long.
+StatusOr<std::string> ReadAdminToken(const std::string& path) {
+  std::error_code error;
+  const uintmax_t size = std::filesystem::file_size(path, error);
+  if (error) return NotFoundError(fmt::format("admin token file {}: {}", path, error.message()));
+  if (size > kMaxAdminTokenFileBytes) {
+    return InvalidArgumentError(fmt::format("{} is too large to be an admin token file", path));
+  }
+  std::ifstream file(path);
+  std::string token;
+  std::getline(file, token);
+  if (file.bad()) return UnavailableError(fmt::format("cannot read {}", path));
+  while (!token.empty() && (token.back() == '\r' || token.back() == ' ')) token.pop_back();
+  if (token.size() < kMinAdminTokenBytes) {
+    return InvalidArgumentError(fmt::format("the admin token in {} is shorter than {} characters",
+                                            path, kMinAdminTokenBytes));
+  }
+  return token;
+}
+
+// "ID=DIR": the folder of model ID's tokenizer.
+Status ParseTokenizers(const std::vector<std::string>& specs,
+                       std::map<std::string, std::string>& dirs) {
+  for (const std::string& spec : specs) {
+    const size_t equals = spec.find('=');
+    if (equals == std::string::npos || equals == 0 || equals + 1 == spec.size()) {
+      return InvalidArgumentError(fmt::format("--tokenizer '{}': expected ID=DIR", spec));
+    }
+    dirs[spec.substr(0, equals)] = spec.substr(equals + 1);
+  }
+  return OkStatus();
+}
+
 // Runs until SIGTERM/SIGINT (then drains) or a background failure.
 Status RunSupervisor(RunArgs& args) {
   if (args.options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
@@ -67,13 +111,18 @@ Status RunSupervisor(RunArgs& args) {
   FP_ASSIGN_OR_RETURN(LogFormat format, ParseLogFormat(args.log_format));
   InitLogging(level, format);
   FP_RETURN_IF_ERROR(ParseModels(args.models, args.options.defaults));
+  FP_RETURN_IF_ERROR(ParseTokenizers(args.tokenizers, args.options.tokenizer_dirs));
   SupervisorOptions& options = args.options;
   options.tick_interval = std::chrono::milliseconds(args.tick_interval_ms);
   options.checkpoint_interval = std::chrono::milliseconds(args.checkpoint_interval_ms);
   options.replica_deadline = std::chrono::milliseconds(args.replica_deadline_ms);
   options.worker_grace = std::chrono::milliseconds(args.worker_grace_ms);
   options.drain_timeout = std::chrono::milliseconds(args.drain_timeout_ms);
+  options.log_trim_interval = std::chrono::milliseconds(args.log_trim_interval_ms);
   options.metrics_listener = options.metrics_port != 0;
+  if (!args.admin_token_file.empty()) {
+    FP_ASSIGN_OR_RETURN(options.admin_token, ReadAdminToken(args.admin_token_file));
+  }
   // Block the signals in every thread; this thread takes them with sigtimedwait.
   sigset_t signals;
   sigemptyset(&signals);
@@ -135,6 +184,44 @@ Status RunFsck(const std::string& data_dir) {
   return OkStatus();
 }
 
+// `supervisor key`: the verifier key of the data directory's signer key, for clients to pin.
+Status PrintVerifierKey(const RunArgs& args) {
+  if (args.options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
+  const std::filesystem::path file =
+      std::filesystem::path(args.options.data_dir) / supervisor::kCheckpointKeyFile;
+  FP_ASSIGN_OR_RETURN(tlog::NoteSigner signer,
+                      supervisor::LoadSigner(file.string(), args.options.origin));
+  std::printf("%s\n", signer.Verifier().ToString().c_str());
+  return OkStatus();
+}
+
+// `supervisor release-worker`: asks the running supervisor (its HTTP API, with the admin token)
+// to append a WorkerReleased record.
+Status ReleaseWorker(const RunArgs& args, const std::string& worker, const std::string& reason) {
+  if (args.admin_token_file.empty()) {
+    return InvalidArgumentError("--admin-token-file is required (the supervisor's admin token)");
+  }
+  FP_ASSIGN_OR_RETURN(std::string token, ReadAdminToken(args.admin_token_file));
+  const SupervisorOptions& o = args.options;
+  // A wildcard listen address is reached through loopback.
+  const std::string host =
+      o.http_address == "0.0.0.0" || o.http_address == "::" ? "127.0.0.1" : o.http_address;
+  if (o.http_port == 0) return InvalidArgumentError("--http-port is required");
+  supervisor::HttpClient http(host, o.http_port);
+  boost::json::object body;
+  body["reason"] = reason;
+  FP_ASSIGN_OR_RETURN(
+      supervisor::HttpResponse response,
+      http.Request(boost::beast::http::verb::post,
+                   fmt::format("/v1/admin/workers/{}/release", worker),
+                   boost::json::serialize(body), {{"Authorization", "Bearer " + token}}));
+  std::printf("%s", response.body.c_str());
+  if (response.status != 202) {
+    return AbortedError(fmt::format("the supervisor answered {}", response.status));
+  }
+  return OkStatus();
+}
+
 void AddRunOptions(CLI::App* command, RunArgs& args) {
   SupervisorOptions& o = args.options;
   command->add_option("--data-dir", o.data_dir,
@@ -163,6 +250,9 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
       ->check(CLI::PositiveNumber);
   command->add_option("--model", args.models,
                       "Served model: ID=NUMERICS_PROFILE_HEX[:ANCHOR_SET_HEX] (repeatable)");
+  command->add_option("--tokenizer", args.tokenizers,
+                      "A model's tokenizer folder, for text prompts at /v1/completions: ID=DIR "
+                      "(repeatable)");
   command
       ->add_option("--quarantine-divergences", o.applier.quarantine_divergences,
                    "Divergences after which a worker is quarantined")
@@ -189,6 +279,17 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
       ->add_option("--drain-timeout-ms", args.drain_timeout_ms,
                    "How long a drain waits for open HTTP requests")
       ->check(CLI::PositiveNumber);
+  command->add_option("--placement-timeout-ms", o.applier.placement_timeout_ms,
+                      "A session that cannot be placed this long fails (0: never)");
+  command->add_option("--log-retention-records", o.log_retention_records,
+                      "Keep this many applied, checkpointed records when trimming the log (0: "
+                      "never trim)");
+  command
+      ->add_option("--log-trim-interval-ms", args.log_trim_interval_ms,
+                   "How often the log is trimmed (with --log-retention-records)")
+      ->check(CLI::PositiveNumber);
+  command->add_option("--admin-token-file", args.admin_token_file,
+                      "File holding the bearer token of the /v1/admin/ routes (unset: disabled)");
   command->add_option("--log-level", args.log_level, "debug, info, warn or error");
   command->add_option("--log-format", args.log_format, "text or json");
 }
@@ -208,10 +309,25 @@ void AddSupervisorCommands(CLI::App& app, CLI::App& bench) {
   auto fsck_dir = std::make_shared<std::string>();
   fsck->add_option("--data-dir", *fsck_dir, "The supervisor's data directory")->required();
   SetAction(fsck, [fsck_dir] { return RunFsck(*fsck_dir); });
-  // `supervisor fsck` must not also start a supervisor, so the run's required options are
-  // checked by RunSupervisor rather than by CLI11.
-  SetAction(command, [args, fsck]() -> Status {
-    if (fsck->parsed()) return OkStatus();
+
+  // `key` and `release-worker` read the supervisor's own options (--config FILE, --data-dir,
+  // --http-port, ...), which fall through to the `supervisor` command.
+  CLI::App* key = command->add_subcommand(
+      "key", "Print the checkpoint verifier key (for `fieldprint audit --key`) from the data dir");
+  key->fallthrough();
+  SetAction(key, [args] { return PrintVerifierKey(*args); });
+  CLI::App* release = command->add_subcommand(
+      "release-worker", "Release a quarantined worker (the running supervisor's admin route)");
+  release->fallthrough();
+  auto worker = std::make_shared<std::string>();
+  auto reason = std::make_shared<std::string>();
+  release->add_option("--worker", *worker, "The worker's id (its certificate name)")->required();
+  release->add_option("--reason", *reason, "A note kept in the worker's state");
+  SetAction(release, [args, worker, reason] { return ReleaseWorker(*args, *worker, *reason); });
+  // The subcommands must not also start a supervisor, so the run's required options are checked
+  // by RunSupervisor rather than by CLI11.
+  SetAction(command, [args, fsck, key, release]() -> Status {
+    if (fsck->parsed() || key->parsed() || release->parsed()) return OkStatus();
     return RunSupervisor(*args);
   });
   supervisor::AddBenchCommands(bench);

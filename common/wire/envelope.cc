@@ -46,6 +46,22 @@ Status ValidateRegister(const pb::Register& m) {
                      kMaxNameBytes);
 }
 
+Status ValidateRegisterAck(const pb::RegisterAck& m) {
+  FP_RETURN_IF_ERROR(
+      CheckLength("register_ack.supervisor_id", m.supervisor_id().size(), 1, kMaxNameBytes));
+  if (m.accepted()) {
+    if (m.code() != 0 || !m.reason().empty()) {
+      return Invalid("register_ack", "an acceptance carries no code or reason");
+    }
+    return CheckLength("register_ack.max_replicas", m.max_replicas(), 1, kMaxWorkerReplicas);
+  }
+  constexpr uint32_t kLastKnownCode = static_cast<uint32_t>(StatusCode::kUnauthenticated);
+  if (m.code() == 0 || m.code() > kLastKnownCode) {
+    return Invalid("register_ack.code", fmt::format("{} is not an error code", m.code()));
+  }
+  return CheckLength("register_ack.reason", m.reason().size(), 1, kMaxReasonBytes);
+}
+
 Status ValidateSampling(const pb::SamplingParams& m) {
   if (!std::isfinite(m.temperature()) || m.temperature() < 0) {
     return Invalid("assign.sampling.temperature", "must be finite and >= 0");
@@ -169,6 +185,8 @@ Status ValidateEnvelope(const pb::Envelope& envelope) {
                          kMaxReasonBytes);
     case pb::Envelope::kError:
       return ValidateError(envelope.error());
+    case pb::Envelope::kRegisterAck:
+      return ValidateRegisterAck(envelope.register_ack());
     case pb::Envelope::BODY_NOT_SET:
       break;
   }
@@ -195,6 +213,8 @@ std::string_view BodyName(const pb::Envelope& envelope) {
       return "quarantine";
     case pb::Envelope::kError:
       return "error";
+    case pb::Envelope::kRegisterAck:
+      return "register_ack";
     case pb::Envelope::BODY_NOT_SET:
       break;
   }

@@ -53,16 +53,16 @@ class EnvelopeTest : public ::testing::Test {
 
 TEST_F(EnvelopeTest, EverySampleIsValid) {
   const std::vector<pb::Envelope> samples = SampleEnvelopes();
-  ASSERT_EQ(samples.size(), 9u);
+  ASSERT_EQ(samples.size(), 10u);
   for (const pb::Envelope& sample : samples) EXPECT_OK(ValidateEnvelope(sample));
 }
 
 TEST_F(EnvelopeTest, BodyNames) {
   std::vector<std::string_view> names;
   for (const pb::Envelope& sample : SampleEnvelopes()) names.push_back(BodyName(sample));
-  EXPECT_EQ(names,
-            (std::vector<std::string_view>{"registration", "heartbeat", "assign", "leaf_batch",
-                                           "ack", "commit", "rollback", "quarantine", "error"}));
+  EXPECT_EQ(names, (std::vector<std::string_view>{"registration", "heartbeat", "assign",
+                                                  "leaf_batch", "ack", "commit", "rollback",
+                                                  "quarantine", "error", "register_ack"}));
   EXPECT_EQ(BodyName(pb::Envelope()), "empty");
 }
 
@@ -231,6 +231,21 @@ TEST_F(EnvelopeTest, SupervisorMessageRules) {
                 [](auto& e) { e.mutable_error()->set_session_id("x"); });
   ExpectInvalid(pb::Envelope::kError, "reason", [](auto& e) {
     e.mutable_error()->set_reason(std::string(kMaxReasonBytes + 1, 'r'));
+  });
+  ExpectInvalid(pb::Envelope::kRegisterAck, "supervisor_id",
+                [](auto& e) { e.mutable_register_ack()->clear_supervisor_id(); });
+  ExpectInvalid(pb::Envelope::kRegisterAck, "max_replicas",
+                [](auto& e) { e.mutable_register_ack()->set_max_replicas(0); });
+  ExpectInvalid(pb::Envelope::kRegisterAck, "no code or reason",
+                [](auto& e) { e.mutable_register_ack()->set_reason("x"); });
+  // A refusal needs an error code and a reason.
+  ExpectInvalid(pb::Envelope::kRegisterAck, "code", [](auto& e) {
+    e.mutable_register_ack()->set_accepted(false);
+    e.mutable_register_ack()->set_reason("quarantined");
+  });
+  ExpectInvalid(pb::Envelope::kRegisterAck, "reason", [](auto& e) {
+    e.mutable_register_ack()->set_accepted(false);
+    e.mutable_register_ack()->set_code(9);
   });
 }
 

@@ -132,9 +132,19 @@ pb::Envelope SampleLeafBatch(size_t steps) {
   return envelope;
 }
 
+pb::Envelope SampleRegisterAck() {
+  pb::Envelope envelope;
+  pb::RegisterAck* m = envelope.mutable_register_ack();
+  m->set_supervisor_id("supervisor-0");
+  m->set_accepted(true);
+  m->set_max_replicas(8);
+  return envelope;
+}
+
 std::vector<pb::Envelope> SampleEnvelopes() {
-  return {SampleRegister(), SampleHeartbeat(), SampleAssign(),     SampleLeafBatch(5), SampleAck(),
-          SampleCommit(),   SampleRollback(),  SampleQuarantine(), SampleError()};
+  return {SampleRegister(), SampleHeartbeat(),  SampleAssign(),   SampleLeafBatch(5),
+          SampleAck(),      SampleCommit(),     SampleRollback(), SampleQuarantine(),
+          SampleError(),    SampleRegisterAck()};
 }
 
 }  // namespace fp::wire

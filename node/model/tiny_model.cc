@@ -7,10 +7,10 @@
 #include <string_view>
 #include <vector>
 
+#include "common/tokenizer/tokenizer.h"
 #include "kernels/base/half.h"
 #include "node/model/mapped_file.h"
 #include "node/model/safetensors.h"
-#include "node/tokenizer/tokenizer.h"
 
 namespace fp::node {
 namespace {
@@ -185,9 +185,9 @@ Status WriteTinyModel(const std::string& dir, const TinyModelOptions& o) {
   if (ec) return InternalError("cannot create " + dir + ": " + ec.message());
   FP_RETURN_IF_ERROR(WriteSafetensors(dir + "/model.safetensors", named, {{"format", "pt"}}));
   FP_RETURN_IF_ERROR(WriteFileAtomically(dir + "/config.json", AsBytes(config_text)));
-  ByteTokenizer tokenizer(kTinyVocabSize, kTinyBosId, kTinyEosId);
-  std::string tokenizer_text = tokenizer.ToJson();
-  return WriteFileAtomically(dir + "/" + kByteTokenizerFile, AsBytes(tokenizer_text));
+  tokenizer::ByteTokenizer byte_tokenizer(kTinyVocabSize, kTinyBosId, kTinyEosId);
+  std::string tokenizer_text = byte_tokenizer.ToJson();
+  return WriteFileAtomically(dir + "/" + tokenizer::kByteTokenizerFile, AsBytes(tokenizer_text));
 }
 
 }  // namespace fp::node

@@ -64,7 +64,7 @@ void LoopbackSupervisor::OnEnvelope(const std::shared_ptr<wire::Connection>& con
                                     const wire::pb::Envelope& envelope) {
   switch (envelope.body_case()) {
     case wire::pb::Envelope::kRegistration:
-      return OnRegister(connection);
+      return OnRegister(connection, envelope.registration().max_replicas());
     case wire::pb::Envelope::kLeafBatch:
       return OnLeafBatch(connection, envelope.leaf_batch());
     case wire::pb::Envelope::kHeartbeat: {
@@ -84,14 +84,17 @@ void LoopbackSupervisor::OnEnvelope(const std::shared_ptr<wire::Connection>& con
   }
 }
 
-void LoopbackSupervisor::OnRegister(const std::shared_ptr<wire::Connection>& connection) {
+void LoopbackSupervisor::OnRegister(const std::shared_ptr<wire::Connection>& connection,
+                                    uint32_t max_replicas) {
   std::shared_ptr<wire::Connection> replaced;
   {
     std::lock_guard lock(mutex_);
     replaced = std::exchange(worker_, connection);
     ++registrations_;
     wire::pb::Envelope accepted;
-    accepted.mutable_heartbeat()->set_sequence(0);
+    accepted.mutable_register_ack()->set_supervisor_id(options_.server_name);
+    accepted.mutable_register_ack()->set_accepted(true);
+    accepted.mutable_register_ack()->set_max_replicas(max_replicas);
     SendLocked(accepted).IgnoreError();
     for (const auto& [session, replica] : sessions_) {
       wire::pb::Envelope assign;

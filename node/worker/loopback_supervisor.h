@@ -7,7 +7,7 @@
 // the replica's current epoch, first_step equal to the next expected step, nothing past
 // verified + max_unverified_steps or max_tokens; a batch that breaks one is recorded as rejected
 // but still acknowledged (an Ack means "durable", as in the real log). Like the real one it
-// accepts a worker by answering its Register (here at once, with a heartbeat), and after every
+// accepts a worker by answering its Register (here at once, with a RegisterAck), and after every
 // registration it resends the Assign, any Rollback it ordered and the latest Commit of every
 // session, which the worker must treat as repeats.
 //
@@ -98,7 +98,8 @@ class LoopbackSupervisor {
   wire::ConnectionHandlers Handlers();
   void OnEnvelope(const std::shared_ptr<wire::Connection>& connection,
                   const wire::pb::Envelope& envelope);
-  void OnRegister(const std::shared_ptr<wire::Connection>& connection);
+  // Accepts the worker (RegisterAck) and resends every replica's Assign, Rollback and Commit.
+  void OnRegister(const std::shared_ptr<wire::Connection>& connection, uint32_t max_replicas);
   void OnLeafBatch(const std::shared_ptr<wire::Connection>& connection,
                    const wire::pb::LeafBatch& batch);
   // The reason a batch is refused, or empty.

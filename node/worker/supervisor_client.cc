@@ -7,6 +7,7 @@
 #include <boost/asio/post.hpp>
 
 #include "common/base/log.h"
+#include "common/wire/envelope.h"
 
 namespace fp::node::worker {
 namespace {
@@ -84,6 +85,8 @@ SupervisorClient::SupervisorClient(asio::ssl::context& tls, SupervisorClientOpti
   FP_CHECK(!options_.supervisors.empty());
   FP_CHECK(options_.supervisors.size() <= kMaxSupervisorAddresses);
   FP_CHECK(options_.heartbeat_interval.count() >= 1);
+  FP_CHECK(options_.register_timeout.count() >= 1);
+  FP_CHECK(options_.register_timeout <= kMaxRegisterTimeout);
   FP_CHECK(options_.reconnect.initial_delay.count() >= 1);
   FP_CHECK(options_.reconnect.max_delay >= options_.reconnect.initial_delay);
   FP_CHECK(options_.reconnect.max_delay <= kMaxReconnectDelay);
@@ -162,27 +165,81 @@ void SupervisorClient::OnOpen(uint64_t generation,
     connection->Close(sent);
     return;
   }
-  ScheduleHeartbeat(generation, std::min(options_.heartbeat_interval, kFirstHeartbeatDelay));
+  // The RegisterAck deadline; the heartbeats start once the registration is accepted.
+  heartbeat_timer_.expires_after(options_.register_timeout);
+  heartbeat_timer_.async_wait(
+      [this, generation, weak = std::weak_ptr(connection)](const boost::system::error_code& error) {
+        std::shared_ptr<wire::Connection> waiting = weak.lock();
+        if (error || waiting == nullptr) return;
+        {
+          std::lock_guard lock(mutex_);
+          if (generation != generation_ || accepted_) return;
+        }
+        waiting->Close(
+            DeadlineExceededError("the supervisor did not acknowledge the registration within " +
+                                  std::to_string(options_.register_timeout.count()) + " ms"));
+      });
 }
 
-void SupervisorClient::OnEnvelope(uint64_t generation, wire::pb::Envelope envelope) {
-  bool newly_accepted = false;
+void SupervisorClient::OnRegisterAck(uint64_t generation, const wire::pb::Envelope& envelope) {
+  std::shared_ptr<wire::Connection> connection;
+  {
+    std::lock_guard lock(mutex_);
+    connection = current_;
+  }
+  if (connection == nullptr) return;
+  if (!envelope.has_register_ack()) {
+    connection->Close(FailedPreconditionError(std::string("the supervisor sent ") +
+                                              std::string(wire::BodyName(envelope)) +
+                                              " before acknowledging the registration"));
+    return;
+  }
+  const wire::pb::RegisterAck& ack = envelope.register_ack();
+  const std::string supervisor = AddressString(options_.supervisors[address_index_]);
+  if (!ack.accepted()) {
+    wire::pb::Error error;
+    error.set_code(ack.code());
+    error.set_reason(ack.reason());
+    const Status refusal = wire::StatusFromError(error).WithContext(
+        "supervisor " + ack.supervisor_id() + " refused the registration");
+    LogError(kComponent, "registration refused", {{"supervisor", supervisor}, {"status", refusal}});
+    {
+      std::lock_guard lock(mutex_);
+      last_refusal_ = refusal;
+    }
+    if (callbacks_.on_refused) callbacks_.on_refused(refusal);
+    connection->Close(refusal);
+    return;
+  }
   {
     std::lock_guard lock(mutex_);
     if (generation != generation_ || stopping_) return;
-    newly_accepted = !accepted_;
     accepted_ = true;
+    last_refusal_ = OkStatus();
+    accepted_by_ = ack.supervisor_id();
+    accepted_max_replicas_ = ack.max_replicas();
   }
-  if (newly_accepted) {
-    failures_ = 0;
-    if (ever_accepted_) metrics_->reconnects->Increment();
-    ever_accepted_ = true;
-    LogInfo(kComponent, "accepted by the supervisor",
-            {{"supervisor", AddressString(options_.supervisors[address_index_])},
-             {"generation", generation}});
-    callbacks_.on_accepted(generation);
+  failures_ = 0;
+  if (ever_accepted_) metrics_->reconnects->Increment();
+  ever_accepted_ = true;
+  LogInfo(kComponent, "accepted by the supervisor",
+          {{"supervisor", supervisor},
+           {"supervisor_id", ack.supervisor_id()},
+           {"max_replicas", ack.max_replicas()},
+           {"generation", generation}});
+  ScheduleHeartbeat(generation, options_.heartbeat_interval);
+  callbacks_.on_accepted(generation);
+}
+
+void SupervisorClient::OnEnvelope(uint64_t generation, wire::pb::Envelope envelope) {
+  bool accepted = false;
+  {
+    std::lock_guard lock(mutex_);
+    if (generation != generation_ || stopping_) return;
+    accepted = accepted_;
   }
-  if (envelope.has_heartbeat()) return;
+  if (!accepted) return OnRegisterAck(generation, envelope);
+  if (envelope.has_heartbeat() || envelope.has_register_ack()) return;
   callbacks_.on_envelope(generation, std::move(envelope));
 }
 
@@ -268,6 +325,21 @@ size_t SupervisorClient::Room(uint64_t generation) const {
 uint64_t SupervisorClient::accepted_generation() const {
   std::lock_guard lock(mutex_);
   return accepted_ ? generation_ : 0;
+}
+
+Status SupervisorClient::last_refusal() const {
+  std::lock_guard lock(mutex_);
+  return last_refusal_;
+}
+
+std::string SupervisorClient::accepted_by() const {
+  std::lock_guard lock(mutex_);
+  return accepted_by_;
+}
+
+uint32_t SupervisorClient::accepted_max_replicas() const {
+  std::lock_guard lock(mutex_);
+  return accepted_max_replicas_;
 }
 
 }  // namespace fp::node::worker

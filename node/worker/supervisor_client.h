@@ -3,14 +3,16 @@
 //
 // Per connection: TCP + TLS 1.3 to the next supervisor address (the server's certificate must
 // carry that supervisor's name; the worker's own identity is its certificate), then Register
-// (capacity, models, numerics profile hash). The supervisor sends nothing in reply to Register
-// itself, so the first frame it sends, whatever it is, means it accepted the worker: a resent
-// Assign or Commit when the worker has work there, or the echo of the first heartbeat. The first
-// heartbeat goes out kFirstHeartbeatDelay after the handshake (not at once) so that the echo
-// follows the supervisor's durable write of the registration, before which it would close the
-// connection on a LeafBatch; then one every heartbeat_interval. Only after acceptance are frames
-// handed to the worker and LeafBatches sent (on_accepted tells the streaming thread to resend
-// its outbox).
+// (capacity, models, numerics profile hash). The supervisor answers with a RegisterAck once the
+// registration is durable in its log; the client waits for it at most register_timeout (then the
+// connection is abandoned and the next address tried). An accepted RegisterAck makes the
+// connection accepted: frames are handed to the worker, LeafBatches may be sent (on_accepted
+// tells the streaming thread to resend its outbox) and heartbeats start, one every
+// heartbeat_interval. A refusing RegisterAck (a quarantined worker, a draining supervisor) is
+// logged as an error with the supervisor's reason, reported through on_refused and kept as
+// last_refusal(); the supervisor closes the connection and the client retries like after any
+// failed attempt. Any other frame before the RegisterAck is a protocol error that closes the
+// connection.
 //
 // Failure: when a connection fails before acceptance, the next attempt goes to the next address
 // in the list (fail-over); when an accepted connection drops, the same address is tried first.
@@ -48,7 +50,7 @@ namespace fp::node::worker {
 
 inline constexpr size_t kMaxSupervisorAddresses = 64;
 inline constexpr std::chrono::milliseconds kMaxReconnectDelay{60'000};
-inline constexpr std::chrono::milliseconds kFirstHeartbeatDelay{250};
+inline constexpr std::chrono::milliseconds kMaxRegisterTimeout{300'000};
 // Stop waits at most this long for the connection's clean close.
 inline constexpr std::chrono::milliseconds kMaxCloseWait{3'000};
 
@@ -78,6 +80,8 @@ struct SupervisorClientOptions {
   std::vector<SupervisorAddress> supervisors;  // 1..kMaxSupervisorAddresses, tried in order
   wire::ConnectionOptions connection;
   std::chrono::milliseconds heartbeat_interval{5'000};
+  // How long a new connection waits for the supervisor's RegisterAck (1..kMaxRegisterTimeout).
+  std::chrono::milliseconds register_timeout{10'000};
   ReconnectPolicy reconnect;
   uint64_t jitter_seed = 0;  // 0: seeded from std::random_device
 };
@@ -87,6 +91,8 @@ struct ClientCallbacks {
   std::function<wire::pb::Heartbeat()> heartbeat;    // replica counts; the client numbers them
   std::function<void(uint64_t generation)> on_accepted;
   std::function<void()> on_lost;  // an accepted connection closed
+  // The supervisor refused the registration (the status carries its code and reason). Optional.
+  std::function<void(const Status& refusal)> on_refused;
   // Every frame of an accepted connection except heartbeats, in order.
   std::function<void(uint64_t generation, wire::pb::Envelope envelope)> on_envelope;
 };
@@ -114,11 +120,18 @@ class SupervisorClient : public LeafTransport {
 
   // The accepted connection's generation, 0 while there is none.
   uint64_t accepted_generation() const;
+  // The last refusal of a registration since the last acceptance, or OK.
+  Status last_refusal() const;
+  // The supervisor id and capacity of the last accepted RegisterAck (empty and 0 before one).
+  std::string accepted_by() const;
+  uint32_t accepted_max_replicas() const;
 
  private:
   void Connect();
   void OnOpen(uint64_t generation, const std::shared_ptr<wire::Connection>& connection);
   void OnEnvelope(uint64_t generation, wire::pb::Envelope envelope);
+  // The first frame of a connection: must be a RegisterAck.
+  void OnRegisterAck(uint64_t generation, const wire::pb::Envelope& envelope);
   void OnClose(uint64_t generation, const Status& status);
   void ScheduleHeartbeat(uint64_t generation, std::chrono::milliseconds delay);
   void SendHeartbeat(uint64_t generation);
@@ -131,7 +144,7 @@ class SupervisorClient : public LeafTransport {
   boost::asio::io_context io_;
   boost::asio::executor_work_guard<boost::asio::io_context::executor_type> work_;
   boost::asio::steady_timer reconnect_timer_;  // I/O thread only
-  boost::asio::steady_timer heartbeat_timer_;  // I/O thread only
+  boost::asio::steady_timer heartbeat_timer_;  // I/O thread only; also the RegisterAck deadline
   std::mt19937_64 rng_;                        // I/O thread only
   uint64_t heartbeat_sequence_ = 0;            // I/O thread only
   bool ever_accepted_ = false;                 // I/O thread only
@@ -144,6 +157,9 @@ class SupervisorClient : public LeafTransport {
   uint64_t generation_ = 0;                    // guarded by mutex_
   bool accepted_ = false;                      // guarded by mutex_
   bool stopping_ = false;                      // guarded by mutex_
+  Status last_refusal_;                        // guarded by mutex_
+  std::string accepted_by_;                    // guarded by mutex_
+  uint32_t accepted_max_replicas_ = 0;         // guarded by mutex_
   std::thread thread_;
 };
 

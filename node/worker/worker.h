@@ -88,6 +88,8 @@ class Worker {
   uint16_t metrics_port() const { return metrics_server_ ? metrics_server_->port() : 0; }
   size_t outbox_batches() const { return streamer_->outbox_batches(); }
   uint64_t accepted_generation() const { return client_->accepted_generation(); }
+  // Why the supervisor last refused this worker's registration (OK once one accepts it).
+  Status registration_refusal() const { return client_->last_refusal(); }
 
  private:
   explicit Worker(const WorkerConfig& config) : config_(config) {}

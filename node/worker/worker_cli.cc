@@ -160,6 +160,8 @@ void AddWorkerOptions(CLI::App* command, WorkerFlags* f) {
   command->add_option("--anchor-mode", f->anchor_mode, "mix or prefix");
   command->add_option("--data-dir", f->data_dir, "Durable outbox directory")->required();
   command->add_option("--metrics-address", f->metrics_address, "HOST:PORT for /metrics");
+  command->add_option("--backend", f->backend,
+                      "cpu, cuda or auto (cuda when a CUDA device exists, else cpu)");
   command->add_option("--threads", f->threads, "CPU threads per engine");
   command->add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache budget per model (MiB)");
   command->add_option("--prefill-chunk", f->prefill_chunk, "Prefill chunk tokens");
@@ -198,6 +200,7 @@ StatusOr<WorkerConfig> ResolveWorkerConfig(const CLI::App& command, const Worker
   }
   FP_RETURN_IF_ERROR(ApplyModels(f, config));
   FP_ASSIGN_OR_RETURN(config.engine.anchor_mode, node::ParseAnchorMode(f.anchor_mode));
+  FP_ASSIGN_OR_RETURN(config.engine.backend, node::worker::ParseBackendKind(f.backend));
   config.engine.threads = f.threads;
   if (f.kv_budget_mb < 1 || f.kv_budget_mb > (int64_t{1} << 20)) {
     return InvalidArgumentError("--kv-budget-mb must be in [1, 1048576]");

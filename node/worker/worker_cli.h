@@ -30,6 +30,7 @@ struct WorkerFlags {
   std::string anchor_mode = "mix";
   std::string data_dir;
   std::string metrics_address;
+  std::string backend = "auto";  // auto, cpu or cuda
   int threads = 1;
   int64_t kv_budget_mb = 256;
   int prefill_chunk = 512;

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "node/backend/cpu_backend.h"
+#include "node/backend/cuda_backend.h"
 
 namespace fp::node::worker {
 namespace {
@@ -68,7 +69,22 @@ Status CheckReproducible(const wire::pb::Assign& assign, const CatalogEntry& ent
   return OkStatus();
 }
 
+StatusOr<std::unique_ptr<Backend>> MakeBackend(const EngineSettings& settings) {
+  const bool cuda = settings.backend == BackendKind::kCuda ||
+                    (settings.backend == BackendKind::kAuto && CudaDeviceAvailable());
+  if (cuda) return CreateCudaBackend(CudaBackendOptions{});
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> cpu, CpuBackend::Create({settings.threads}));
+  return std::unique_ptr<Backend>(std::move(cpu));
+}
+
 }  // namespace
+
+StatusOr<BackendKind> ParseBackendKind(std::string_view name) {
+  if (name == "auto") return BackendKind::kAuto;
+  if (name == "cpu") return BackendKind::kCpu;
+  if (name == "cuda") return BackendKind::kCuda;
+  return InvalidArgumentError("backend '" + std::string(name) + "' is not auto, cpu or cuda");
+}
 
 StatusOr<ModelSpec> ParseModelSpec(std::string_view text) {
   const size_t equals = text.find('=');
@@ -94,8 +110,7 @@ StatusOr<std::unique_ptr<ModelSlot>> LoadModelSlot(
     FP_ASSIGN_OR_RETURN(slot->anchors, AnchorSet::Load(spec.anchors_file));
     FP_RETURN_IF_ERROR(slot->anchors->CheckCompatible(slot->model->config()));
   }
-  FP_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> cpu, CpuBackend::Create({settings.threads}));
-  std::unique_ptr<Backend> backend = std::move(cpu);
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<Backend> backend, MakeBackend(settings));
   if (faults.has_value()) {
     FP_ASSIGN_OR_RETURN(std::unique_ptr<FaultyBackend> faulty,
                         FaultyBackend::Create(std::move(backend), *faults));

@@ -14,9 +14,11 @@
 // the generation loop.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "common/base/status.h"
@@ -42,8 +44,19 @@ struct ModelSpec {
 // or directory.
 StatusOr<ModelSpec> ParseModelSpec(std::string_view text);
 
+// Which device runs a worker's engines.
+enum class BackendKind : uint8_t {
+  kAuto = 0,  // CUDA when this build has it and a device exists, else the CPU
+  kCpu = 1,
+  kCuda = 2,
+};
+
+// "auto", "cpu" or "cuda". InvalidArgument otherwise.
+StatusOr<BackendKind> ParseBackendKind(std::string_view name);
+
 struct EngineSettings {
-  int threads = 1;
+  BackendKind backend = BackendKind::kAuto;
+  int threads = 1;  // CPU backend
   int64_t kv_budget_bytes = int64_t{256} << 20;
   int32_t prefill_chunk_tokens = 512;
   int32_t max_batch_sequences = 32;
@@ -61,9 +74,11 @@ struct ModelSlot {
   FaultyBackend* faults = nullptr;  // borrowed from the engine; null without fault injection
 };
 
-// Loads `spec` into a CPU engine with `settings`; with `faults`, the backend is wrapped in a
-// FaultyBackend. Errors of Model::Load, AnchorSet::Load/CheckCompatible, the backend and
-// Engine::Create. The caller owns the result.
+// Loads `spec` into an engine on the backend `settings` names (kAuto resolved by
+// CudaDeviceAvailable); with `faults`, the backend is wrapped in a FaultyBackend. Errors of
+// Model::Load, AnchorSet::Load/CheckCompatible, the backend (Unimplemented for kCuda in a build
+// without CUDA, FailedPrecondition without a device) and Engine::Create. The caller owns the
+// result.
 StatusOr<std::unique_ptr<ModelSlot>> LoadModelSlot(
     const ModelSpec& spec, const EngineSettings& settings,
     const std::optional<FaultyBackendOptions>& faults);

@@ -1,6 +1,7 @@
 // The HTTP API's pure handlers; see api.h.
 #include "supervisor/api/api.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 
@@ -13,6 +14,7 @@
 #include "common/metrics/metrics.h"
 #include "supervisor/ledger/checkpoints.h"
 #include "supervisor/ledger/proofs.h"
+#include "supervisor/state/applier.h"
 #include "supervisor/state/queries.h"
 #include "supervisor/state/session_request.h"
 #include "supervisor/state/state_txn.h"
@@ -235,13 +237,30 @@ StatusOr<json::object> ParseObject(const std::string& body) {
   return std::move(value.get_object());
 }
 
-// The OpenAI prompt: an array of token ids, or an array holding one such array.
-Status ReadCompletionPrompt(const json::object& object, pb::SessionRequest& request) {
+// The OpenAI prompt: an array of token ids, or an array holding one such array; or, for a
+// model with a tokenizer, a string (or an array holding one string), tokenised with BOS.
+Status ReadCompletionPrompt(const json::object& object, const tokenizer::Tokenizer* tokens,
+                            pb::SessionRequest& request) {
   const json::value* prompt = object.if_contains("prompt");
   if (prompt == nullptr) return InvalidArgumentError("prompt is required");
-  if (prompt->is_string()) {
-    return InvalidArgumentError(
-        "prompt: the supervisor has no tokenizer; send the prompt as an array of token ids");
+  const json::value* text = prompt;
+  if (prompt->is_array() && prompt->get_array().size() == 1 && prompt->get_array()[0].is_string()) {
+    text = &prompt->get_array()[0];
+  }
+  if (text->is_string()) {
+    if (tokens == nullptr) {
+      return InvalidArgumentError(fmt::format(
+          "prompt: model '{}' has no tokenizer configured on this supervisor; send the prompt "
+          "as an array of token ids",
+          request.model()));
+    }
+    if (text->get_string().size() > wire::kMaxSessionTokens) {
+      return InvalidArgumentError("prompt: text too long");
+    }
+    FP_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                        tokens->Encode(std::string_view(text->get_string()), /*add_bos=*/true));
+    for (int32_t id : ids) request.add_prompt_token_ids(static_cast<uint32_t>(id));
+    return OkStatus();
   }
   json::object shim;
   if (prompt->is_array() && prompt->get_array().size() == 1 && prompt->get_array()[0].is_array()) {
@@ -355,6 +374,88 @@ StatusOr<json::object> Receipt(const RocksStore& state, const std::string& id,
   return receipt;
 }
 
+const char* OrderKindName(pb::OrderKind kind) {
+  switch (kind) {
+    case pb::ORDER_KIND_TRUNCATE:
+      return "truncate";
+    case pb::ORDER_KIND_REBUILD:
+      return "rebuild";
+    case pb::ORDER_KIND_REPLACE:
+      return "replace";
+    default:
+      return "unknown";
+  }
+}
+
+json::object DivergenceJson(const pb::Divergence& divergence) {
+  json::object item;
+  item["step"] = divergence.step();
+  item["log_position"] = divergence.position();
+  item["unix_ms"] = divergence.unix_ms();
+  json::array leaves;
+  for (const pb::DivergentLeaf& leaf : divergence.leaves()) {
+    json::object value;
+    value["replica"] = leaf.replica();
+    value["worker_id"] = leaf.worker_id();
+    value["epoch"] = leaf.epoch();
+    if (leaf.end() || leaf.bad_root()) {
+      value["end"] = leaf.end();
+      value["bad_root"] = leaf.bad_root();
+    } else {
+      value["token_id"] = leaf.token_id();
+      value["state_digest"] = Hex(leaf.state_digest());
+      value["leaf_hash"] = Hex(leaf.leaf_hash());
+    }
+    leaves.emplace_back(std::move(value));
+  }
+  item["replicas"] = std::move(leaves);
+  item["majority_leaf_hash"] = divergence.majority_leaf_hash().empty()
+                                   ? json::value(nullptr)
+                                   : json::value(Hex(divergence.majority_leaf_hash()));
+  json::array orders;
+  for (int i = 0; i < divergence.minority_size() && i < divergence.orders_size(); ++i) {
+    json::object order;
+    order["replica"] = divergence.minority(i);
+    order["kind"] = OrderKindName(divergence.orders(i));
+    orders.emplace_back(std::move(order));
+  }
+  item["orders"] = std::move(orders);
+  return item;
+}
+
+// The session's stored Divergence records (at most kMaxReportedDivergences, oldest first) as
+// "divergence_records", and every replica's latest order as "rollbacks".
+Status AddDivergenceHistory(const RocksStore& state, const std::string& id,
+                            const pb::SessionState& session, json::object& body) {
+  DbStateReader reader(&state);
+  json::array records;
+  const uint32_t count = std::min<uint32_t>(session.divergences(), kMaxReportedDivergences);
+  for (uint32_t seq = 0; seq < count; ++seq) {
+    FP_ASSIGN_OR_RETURN(std::optional<pb::Divergence> divergence,
+                        reader.GetMessage<pb::Divergence>(kDivergences, DivergenceKey(id, seq)));
+    if (!divergence.has_value()) return DataLossError(fmt::format("divergence {} missing", seq));
+    records.emplace_back(DivergenceJson(*divergence));
+  }
+  body["divergence_records"] = std::move(records);
+  body["divergence_records_truncated"] = session.divergences() > kMaxReportedDivergences;
+  json::array rollbacks;
+  for (uint32_t r = 0; r < static_cast<uint32_t>(session.replicas_size()); ++r) {
+    FP_ASSIGN_OR_RETURN(std::optional<pb::Order> order,
+                        reader.GetMessage<pb::Order>(kOrders, ReplicaKey(id, r)));
+    if (!order.has_value()) continue;
+    json::object item;
+    item["replica"] = r;
+    item["kind"] = OrderKindName(order->kind());
+    item["to_step"] = order->to_step();
+    item["new_epoch"] = order->new_epoch();
+    item["worker_id"] = order->worker_id();
+    item["log_position"] = order->position();
+    rollbacks.emplace_back(std::move(item));
+  }
+  body["rollbacks"] = std::move(rollbacks);
+  return OkStatus();
+}
+
 }  // namespace
 
 Api::Api(ApiContext context) : context_(std::move(context)) {
@@ -374,7 +475,99 @@ HttpReply Api::ErrorReply(const Status& status) {
   return JsonReply(HttpStatusFor(status.code()), body);
 }
 
-HttpReply Api::AppendFailed(const Status& status) const { return ErrorReply(status); }
+HttpReply Api::AppendFailed(const Status& status) const {
+  // The only keyed records the API appends are Admits: a conflict is a reused Idempotency-Key.
+  if (status.code() == StatusCode::kFailedPrecondition) {
+    return ErrorReply(FailedPreconditionError(fmt::format(
+        "Idempotency-Key was already used for a different request ({})", status.message())));
+  }
+  return ErrorReply(status);
+}
+
+std::string IdempotentSessionId(std::string_view key) {
+  std::string input("fieldprint idempotency key");
+  input.push_back('\0');
+  input.append(key);
+  const Hash hash = Sha256(AsBytes(input));
+  return std::string(reinterpret_cast<const char*>(hash.data()), kSessionIdSize);
+}
+
+StatusOr<std::string> Api::SubmissionId(const HttpRequest& request) const {
+  const std::string& key = request.idempotency_key;
+  if (!key.empty()) {
+    const bool printable = std::all_of(key.begin(), key.end(), [](char c) {
+      return static_cast<unsigned char>(c) >= 0x20 && static_cast<unsigned char>(c) < 0x7f;
+    });
+    if (key.size() > kMaxIdempotencyKeyBytes || !printable) {
+      return InvalidArgumentError(fmt::format("Idempotency-Key: 1..{} printable ASCII characters",
+                                              kMaxIdempotencyKeyBytes));
+    }
+    return IdempotentSessionId(key);
+  }
+  FP_ASSIGN_OR_RETURN(SessionId id, context_.new_session_id());
+  return std::string(id.begin(), id.end());
+}
+
+HttpReply Api::CheckpointKey() const {
+  if (!context_.verifier.has_value()) {
+    return ErrorReply(UnavailableError("this supervisor has no checkpoint key"));
+  }
+  return TextReply(200, context_.verifier->ToString() + "\n");
+}
+
+ApiAction Api::ReleaseWorker(const HttpRequest& request, std::string_view worker_id) const {
+  ApiAction action;
+  auto fail = [&](const Status& status) {
+    action.reply = ErrorReply(status);
+    return action;
+  };
+  if (context_.admin_token.empty()) {
+    return fail(PermissionDeniedError(
+        "admin routes are disabled: configure admin-token-file on the supervisor"));
+  }
+  const std::string expected = "Bearer " + context_.admin_token;
+  // Compare in constant time (for equal lengths), so the reply time does not leak the token.
+  bool same = request.authorization.size() == expected.size();
+  unsigned char difference = 0;
+  for (size_t i = 0; same && i < expected.size(); ++i) {
+    difference |= static_cast<unsigned char>(request.authorization[i] ^ expected[i]);
+  }
+  if (!same || difference != 0) {
+    return fail(UnauthenticatedError("admin routes need 'Authorization: Bearer <admin token>'"));
+  }
+  std::string reason;
+  if (!request.body.empty()) {
+    StatusOr<json::object> object = ParseObject(request.body);
+    if (!object.ok()) return fail(object.status());
+    if (Status keys = CheckKeys(*object, {"reason"}); !keys.ok()) return fail(keys);
+    StatusOr<std::optional<std::string>> text = GetString(*object, "reason");
+    if (!text.ok()) return fail(text.status());
+    reason = text->value_or("");
+    if (reason.size() > kMaxReleaseReasonBytes) {
+      return fail(
+          InvalidArgumentError(fmt::format("reason: at most {} bytes", kMaxReleaseReasonBytes)));
+    }
+  }
+  StatusOr<std::optional<pb::WorkerState>> worker =
+      DbStateReader(context_.state).GetMessage<pb::WorkerState>(kWorkers, std::string(worker_id));
+  if (!worker.ok()) return fail(worker.status());
+  if (!worker->has_value()) return fail(NotFoundError("no such worker"));
+  if ((*worker)->phase() != pb::WorkerState::PHASE_QUARANTINED) {
+    return fail(FailedPreconditionError("the worker is not quarantined"));
+  }
+  pb::LogRecord record;
+  record.mutable_worker_released()->set_worker_id(std::string(worker_id));
+  record.mutable_worker_released()->set_reason(reason);
+  json::object body;
+  body["worker_id"] = std::string(worker_id);
+  body["released"] = true;
+  body["note"] =
+      "the worker is active again once it registers; restart its process, which keeps the "
+      "quarantine it was told about";
+  action.reply = JsonReply(202, body);
+  action.append = std::move(record);
+  return action;
+}
 
 ApiAction Api::Handle(const HttpRequest& request) const {
   ApiAction action;
@@ -401,6 +594,12 @@ ApiAction Api::Handle(const HttpRequest& request) const {
   if (s.size() == 2 && s[1] == "sessions" && post) return SubmitSession(request);
   if (s.size() == 2 && s[1] == "completions" && post) return SubmitCompletion(request);
   if (s.size() == 2 && s[1] == "checkpoint" && get) return reply(Checkpoint());
+  if (s.size() == 3 && s[1] == "checkpoint" && s[2] == "key" && get) {
+    return reply(CheckpointKey());
+  }
+  if (s.size() == 5 && s[1] == "admin" && s[2] == "workers" && s[4] == "release" && post) {
+    return ReleaseWorker(request, s[3]);
+  }
   if (s.size() == 2 && s[1] == "workers" && get) return reply(Workers());
   if (s.size() == 3 && s[1] == "ledger" && s[2] == "consistency" && get) {
     return reply(Consistency(query));
@@ -440,15 +639,16 @@ ApiAction Api::SubmitSession(const HttpRequest& request) const {
   }
   Status prompt = GetTokens(*object, "prompt_token_ids", session.mutable_prompt_token_ids());
   if (!prompt.ok()) return fail(prompt);
-  StatusOr<SessionId> id = context_.new_session_id();
+  StatusOr<std::string> id = SubmissionId(request);
   if (!id.ok()) return fail(id.status());
-  session.set_session_id(std::string(id->begin(), id->end()));
+  session.set_session_id(*id);
   if (Status valid = ValidateSessionRequest(session); !valid.ok()) return fail(valid);
+  const std::string hex = Hex(*id);
   json::object body;
-  body["session_id"] = SessionIdToHex(*id);
+  body["session_id"] = hex;
   body["phase"] = "waiting";
-  body["state"] = fmt::format("/v1/sessions/{}", SessionIdToHex(*id));
-  body["events"] = fmt::format("/v1/sessions/{}/events", SessionIdToHex(*id));
+  body["state"] = fmt::format("/v1/sessions/{}", hex);
+  body["events"] = fmt::format("/v1/sessions/{}/events", hex);
   action.reply = JsonReply(202, body);
   action.append = std::move(record);
   return action;
@@ -468,10 +668,11 @@ ApiAction Api::SubmitCompletion(const HttpRequest& request) const {
   if (Status read = ReadSessionFields(*object, context_.defaults, session); !read.ok()) {
     return fail(read);
   }
-  if (Status prompt = ReadCompletionPrompt(*object, session); !prompt.ok()) return fail(prompt);
-  StatusOr<SessionId> id = context_.new_session_id();
+  Status prompt = ReadCompletionPrompt(*object, TokenizerFor(session.model()), session);
+  if (!prompt.ok()) return fail(prompt);
+  StatusOr<std::string> id = SubmissionId(request);
   if (!id.ok()) return fail(id.status());
-  session.set_session_id(std::string(id->begin(), id->end()));
+  session.set_session_id(*id);
   if (Status valid = ValidateSessionRequest(session); !valid.ok()) return fail(valid);
   const json::value* stream = object->if_contains("stream");
   const bool streaming = stream != nullptr && stream->is_bool() && stream->get_bool();
@@ -516,6 +717,9 @@ HttpReply Api::SessionState(const std::string& id) const {
     body["verified_unix_ms"] = state.verified_unix_ms();
   }
   if (!state.failure().empty()) body["failure"] = state.failure();
+  if (Status history = AddDivergenceHistory(*context_.state, id, state, body); !history.ok()) {
+    return ErrorReply(history);
+  }
   return JsonReply(200, body);
 }
 
@@ -692,6 +896,48 @@ std::string ErrorEvent(const Status& status) {
 
 }  // namespace
 
+const tokenizer::Tokenizer* Api::TokenizerFor(const std::string& model) const {
+  auto it = context_.tokenizers.find(model);
+  return it == context_.tokenizers.end() ? nullptr : it->second.get();
+}
+
+namespace {
+
+// Bytes at the end of `text` that start a UTF-8 sequence not yet complete.
+size_t IncompleteUtf8Tail(std::string_view text) {
+  for (size_t back = 1; back <= 3 && back <= text.size(); ++back) {
+    const auto byte = static_cast<unsigned char>(text[text.size() - back]);
+    if ((byte & 0xc0) == 0x80) continue;  // a continuation byte: look further back
+    const size_t length = byte >= 0xf0 ? 4 : byte >= 0xe0 ? 3 : byte >= 0xc0 ? 2 : 1;
+    return length > back ? back : 0;
+  }
+  return 0;
+}
+
+}  // namespace
+
+StatusOr<std::string> Api::NextText(Follow& follow, const std::vector<uint32_t>& tokens,
+                                    bool final) const {
+  const tokenizer::Tokenizer* tokens_of = TokenizerFor(follow.model);
+  if (tokens_of == nullptr) return std::string();
+  for (uint32_t token : tokens) {
+    if (token > static_cast<uint32_t>(INT32_MAX)) {
+      return InternalError(fmt::format("verified token {} is outside the tokenizer", token));
+    }
+    follow.streamed_tokens.push_back(static_cast<int32_t>(token));
+  }
+  StatusOr<std::string> text = tokens_of->Decode(follow.streamed_tokens);
+  if (!text.ok())
+    return InternalError("cannot detokenize the verified output: " +
+                         std::string(text.status().message()));
+  size_t end = text->size();
+  if (!final) end -= IncompleteUtf8Tail(*text);
+  if (end <= follow.streamed_text_bytes) return std::string();
+  std::string next = text->substr(follow.streamed_text_bytes, end - follow.streamed_text_bytes);
+  follow.streamed_text_bytes = end;
+  return next;
+}
+
 PollResult Api::PollEvents(Follow& follow) const {
   PollResult result;
   StatusOr<std::optional<pb::SessionState>> session =
@@ -740,10 +986,10 @@ PollResult Api::PollCompletion(Follow& follow, bool stream) const {
   const pb::SessionState& state = **session;
   const std::string id = fmt::format("cmpl-{}", Hex(follow.session_id));
   const uint64_t created = state.admitted_unix_ms() / 1000;
-  auto choice = [&](const std::vector<uint32_t>& tokens, json::value finish) {
+  auto choice = [&](const std::vector<uint32_t>& tokens, std::string text, json::value finish) {
     json::object item;
     item["index"] = 0;
-    item["text"] = "";  // the supervisor has no tokenizer; token_ids carry the output
+    item["text"] = std::move(text);  // empty without a tokenizer: token_ids carry the output
     json::array ids;
     for (uint32_t token : tokens) ids.emplace_back(token);
     item["token_ids"] = std::move(ids);
@@ -788,7 +1034,14 @@ PollResult Api::PollCompletion(Follow& follow, bool stream) const {
   const bool finished = verified && follow.next_step == state.verified_steps();
   const char* reason =
       state.verified_steps() >= state.request().sampling().max_tokens() ? "length" : "stop";
-  json::object body = choice(tokens, finished ? json::value(reason) : json::value(nullptr));
+  StatusOr<std::string> text = NextText(follow, tokens, finished);
+  if (!text.ok()) {
+    result.reply = ErrorReply(text.status());
+    result.done = true;
+    return result;
+  }
+  json::object body =
+      choice(tokens, std::move(*text), finished ? json::value(reason) : json::value(nullptr));
   if (finished) {
     StatusOr<json::object> receipt = Receipt(*context_.state, follow.session_id, state);
     if (!receipt.ok()) {

@@ -10,14 +10,21 @@
 //   POST /v1/sessions                         submit a session (JSON) -> 202 {session_id}
 //   GET  /v1/sessions/{id}                    the session's state
 //   GET  /v1/sessions/{id}/events             server-sent events of verified tokens
-//   POST /v1/completions                      OpenAI-compatible completions (stream or not)
+//   POST /v1/completions                      OpenAI-compatible completions (stream or not); the
+//                                             prompt is token ids, or text for a model with a
+//                                             configured tokenizer, which also fills `text`
 //   GET  /v1/checkpoint                       the latest signed checkpoint (C2SP signed note)
+//   GET  /v1/checkpoint/key                   the checkpoint verifier key (C2SP note vkey)
 //   GET  /v1/sessions/{id}/proof/step/{n}     inclusion of step n's leaf in the session root
 //   GET  /v1/ledger/proof/session/{id}?size=N inclusion of the session record in a checkpoint
 //   GET  /v1/ledger/consistency?from=A&to=B   consistency between two ledger sizes
 //   GET  /v1/sessions/{id}/bundle             the session record's tlog-proof bundle
 //   GET  /v1/workers                          registered workers
+//   POST /v1/admin/workers/{id}/release       release a quarantined worker (admin token)
 //   GET  /healthz, /readyz, /metrics
+// POST /v1/sessions and /v1/completions honour an Idempotency-Key header: the session id is
+// derived from the key (IdempotentSessionId), so a retry appends the same Admit, which the log
+// deduplicates; the same key with a different request is a 409 from the log.
 // Errors are JSON {"error": {"code": "INVALID_ARGUMENT", "message": "..."}} with a 4xx or 5xx
 // status mapped from the Status code.
 //
@@ -28,14 +35,17 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include <boost/beast/http/verb.hpp>
 
 #include "common/base/status.h"
 #include "common/leaf/session_id.h"
 #include "common/tlog/note.h"
+#include "common/tokenizer/tokenizer.h"
 #include "supervisor/log/log.h"
 #include "supervisor/store/rocks.h"
 
@@ -51,11 +61,17 @@ inline constexpr size_t kMaxRequestHeaderBytes = 16 * 1024;
 inline constexpr size_t kMaxRequestTargetBytes = 2048;
 // Tokens sent per poll of a follow, so that one poll stays small.
 inline constexpr size_t kMaxTokensPerPoll = 4096;
+// Idempotency-Key header values: 1..kMaxIdempotencyKeyBytes printable ASCII characters.
+inline constexpr size_t kMaxIdempotencyKeyBytes = 255;
+// Divergence records listed in one GET /v1/sessions/{id} (the ledger keeps every one).
+inline constexpr uint32_t kMaxReportedDivergences = 64;
 
 struct HttpRequest {
   boost::beast::http::verb method = boost::beast::http::verb::get;
   std::string target;  // path and query, as received
   std::string body;
+  std::string idempotency_key = {};  // the Idempotency-Key header; empty when absent
+  std::string authorization = {};    // the Authorization header; empty when absent
 };
 
 struct HttpReply {
@@ -76,6 +92,11 @@ struct Follow {
   std::string session_id;  // 16 bytes
   uint64_t next_step = 0;  // first token not yet sent
   std::string model;       // echoed in completion responses
+  // Completions of a model with a tokenizer: the tokens streamed so far and the bytes of their
+  // text already sent (the text of a token depends on its neighbours, so each chunk's text is
+  // the growth of the whole output's text).
+  std::vector<int32_t> streamed_tokens;
+  size_t streamed_text_bytes = 0;
 };
 
 struct ApiAction {
@@ -120,7 +141,15 @@ struct ApiContext {
   // started: recovery is done), and while it is more than max_ready_lag records behind the log.
   uint64_t recovery_position = 0;
   uint64_t max_ready_lag = 100'000;
+  // The operator's bearer token for /v1/admin/ routes; empty disables them (403).
+  std::string admin_token;
+  // Per model: the tokenizer of text prompts and completion text (shared, immutable).
+  std::map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> tokenizers;
 };
+
+// The session id a submission with Idempotency-Key `key` gets: the first 16 bytes of
+// SHA-256("fieldprint idempotency key\0" || key). Pure.
+std::string IdempotentSessionId(std::string_view key);
 
 class Api {
  public:
@@ -147,10 +176,20 @@ class Api {
   HttpReply Consistency(std::string_view query) const;
   HttpReply Bundle(const std::string& id) const;
   HttpReply Workers() const;
+  HttpReply CheckpointKey() const;
+  ApiAction ReleaseWorker(const HttpRequest& request, std::string_view worker_id) const;
+  // The session id of a submission: derived from its Idempotency-Key, else fresh.
+  StatusOr<std::string> SubmissionId(const HttpRequest& request) const;
   HttpReply Ready() const;
   HttpReply Metrics() const;
   PollResult PollEvents(Follow& follow) const;
   PollResult PollCompletion(Follow& follow, bool stream) const;
+  // The model's tokenizer, or null when none is configured.
+  const tokenizer::Tokenizer* TokenizerFor(const std::string& model) const;
+  // The text of `tokens` appended to the follow's output, as described at Follow; with `final`
+  // an incomplete UTF-8 sequence at the end is sent too.
+  StatusOr<std::string> NextText(Follow& follow, const std::vector<uint32_t>& tokens,
+                                 bool final) const;
 
   ApiContext context_;
 };

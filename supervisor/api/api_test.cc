@@ -14,6 +14,7 @@
 #include "supervisor/ledger/checkpoints.h"
 #include "supervisor/log/rocksdb_log.h"
 #include "supervisor/state/applier.h"
+#include "supervisor/state/state_txn.h"
 #include "supervisor/testing/sim_driver.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
@@ -26,6 +27,7 @@ using boost::beast::http::verb;
 using ::testing::HasSubstr;
 
 constexpr std::string_view kOrigin = "fieldprint.test/api";
+constexpr std::string_view kAdminToken = "0123456789abcdef-admin";
 
 json::value ParseJson(const std::string& text) {
   boost::system::error_code error;
@@ -42,12 +44,22 @@ class ApiTest : public ::testing::Test {
     applier_ = std::move(Applier::Open(state_.get(), ApplierOptions{})).value();
     auto signer = tlog::NoteSigner::FromSeed(kOrigin, Bytes(32, 3));
     FP_CHECK_OK(signer);
+    api_ = std::make_unique<Api>(MakeContext(std::string(kAdminToken)));
+    signer_ = std::make_unique<CheckpointSigner>(state_.get(), std::string(kOrigin),
+                                                 std::move(signer).value());
+  }
+
+  ApiContext MakeContext(std::string admin_token) {
+    auto signer = tlog::NoteSigner::FromSeed(kOrigin, Bytes(32, 3));
+    FP_CHECK_OK(signer);
     ApiContext context;
+    context.admin_token = std::move(admin_token);
     context.state = state_.get();
     context.log = log_.get();
     context.origin = std::string(kOrigin);
     context.verifier = signer->Verifier();
     context.defaults.models["tiny"] = {std::string(32, 'n'), std::string(32, 'a')};
+    context.defaults.models["untokenized"] = {std::string(32, 'n'), std::string(32, 'a')};
     context.new_session_id = [this]() -> StatusOr<SessionId> {
       SessionId id{};
       id[15] = static_cast<uint8_t>(++next_id_);
@@ -55,9 +67,8 @@ class ApiTest : public ::testing::Test {
     };
     context.applied = [this] { return applier_->applied(); };
     context.draining = &draining_;
-    api_ = std::make_unique<Api>(std::move(context));
-    signer_ = std::make_unique<CheckpointSigner>(state_.get(), std::string(kOrigin),
-                                                 std::move(signer).value());
+    context.tokenizers["tiny"] = std::make_shared<tokenizer::ByteTokenizer>(260, 256, 257);
+    return context;
   }
 
   ApiAction Call(verb method, std::string target, std::string body = "") {
@@ -207,6 +218,49 @@ TEST_F(ApiTest, StreamingCompletionEndsWithDone) {
   EXPECT_THAT(result.chunk, HasSubstr("data: [DONE]\n\n"));
 }
 
+TEST_F(ApiTest, TextPromptIsTokenisedAndVerifiedTokensComeBackAsText) {
+  ApiAction action = Call(verb::post, "/v1/completions",
+                          R"({"model":"tiny","prompt":"Hi","max_tokens":2,"replicas":1})");
+  ASSERT_TRUE(action.append.has_value()) << action.reply.body;
+  // Byte-level: BOS (256), then the bytes of "Hi".
+  EXPECT_THAT(action.append->admit().request().prompt_token_ids(),
+              ::testing::ElementsAre(256, 72, 105));
+  AppendAndApply({*action.append});
+  RunToVerified(action.follow.session_id, 2);
+  PollResult result = api_->Poll(action.follow);
+  ASSERT_TRUE(result.reply.has_value());
+  json::value body = ParseJson(result.reply->body);
+  const json::value& choice = body.at("choices").as_array()[0];
+  EXPECT_EQ(choice.at("token_ids").as_array(), (json::array{7, 8}));
+  EXPECT_EQ(std::string(choice.at("text").as_string()), std::string("\x07\x08"));
+  EXPECT_EQ(body.at("usage").at("prompt_tokens").as_int64(), 3);
+  EXPECT_TRUE(body.at("fieldprint_receipt").is_object());
+  // Prompt hash in the receipt: SHA-256 over the tokenised prompt, 4 bytes big-endian each.
+  EXPECT_EQ(body.at("fieldprint_receipt").at("prompt_hash").as_string(),
+            HexEncode(Sha256(Bytes{0, 0, 1, 0, 0, 0, 0, 72, 0, 0, 0, 105})));
+}
+
+TEST_F(ApiTest, StreamedTextIsTheGrowthOfTheWholeOutput) {
+  ApiAction action = Call(verb::post, "/v1/completions",
+                          R"({"model":"tiny","prompt":["Hi"],"max_tokens":5,"stream":true,)"
+                          R"("replicas":1})");
+  ASSERT_TRUE(action.append.has_value()) << action.reply.body;
+  AppendAndApply({*action.append});
+  RunToVerified(action.follow.session_id, 3);
+  PollResult result = api_->Poll(action.follow);
+  EXPECT_TRUE(result.done);
+  EXPECT_THAT(result.chunk, HasSubstr("\"text\":\"\\u0007\\b\\t\""));
+  EXPECT_THAT(result.chunk, HasSubstr("\"token_ids\":[7,8,9]"));
+  EXPECT_THAT(result.chunk, HasSubstr("data: [DONE]"));
+}
+
+TEST_F(ApiTest, TokenIdPromptsStillWorkForAModelWithATokenizer) {
+  ApiAction action = Call(verb::post, "/v1/completions",
+                          R"({"model":"tiny","prompt":[65,66],"max_tokens":1,"replicas":1})");
+  ASSERT_TRUE(action.append.has_value()) << action.reply.body;
+  EXPECT_THAT(action.append->admit().request().prompt_token_ids(), ::testing::ElementsAre(65, 66));
+}
+
 TEST_F(ApiTest, ProofsVerifyWithIndependentChecks) {
   const std::string id = Submit(5);
   RunToVerified(id, 5);
@@ -251,7 +305,177 @@ TEST_F(ApiTest, WorkersHealthAndReadiness) {
   EXPECT_EQ(Call(verb::get, "/readyz").reply.status, 503u);
 }
 
+TEST_F(ApiTest, SessionStateListsDivergenceRecordsAndRollbacks) {
+  ApiAction submit = Call(verb::post, "/v1/sessions",
+                          R"({"model":"tiny","prompt_token_ids":[1],"max_tokens":4,"replicas":2})");
+  ASSERT_TRUE(submit.append.has_value());
+  const std::string id = submit.append->admit().request().session_id();
+  std::vector<pb::LogRecord> records = {*submit.append};
+  for (int w = 0; w < 2; ++w) {
+    pb::LogRecord worker;
+    worker.mutable_worker_registered()->set_worker_id("w" + std::to_string(w));
+    worker.mutable_worker_registered()->add_models("tiny");
+    worker.mutable_worker_registered()->set_numerics_profile_hash(std::string(32, 'p'));
+    worker.mutable_worker_registered()->set_max_replicas(4);
+    pb::LogRecord assign;
+    assign.mutable_assign()->set_session_id(id);
+    assign.mutable_assign()->set_replica(w);
+    assign.mutable_assign()->set_worker_id("w" + std::to_string(w));
+    records.push_back(worker);
+    records.push_back(assign);
+  }
+  // The replicas disagree on step 0's digest: no majority, both roll back.
+  std::vector<Hash> expected;
+  for (int w = 0; w < 2; ++w) {
+    pb::LogRecord leaves;
+    pb::LeafBatch* batch = leaves.mutable_leaf_batch();
+    batch->set_worker_id("w" + std::to_string(w));
+    batch->set_session_id(id);
+    batch->set_replica(w);
+    leaf::StepLeaf leaf;
+    std::copy(id.begin(), id.end(), leaf.session_id.begin());
+    leaf.token_id = 7;
+    leaf.state_digest = Sha256("digest of replica " + std::to_string(w));
+    batch->add_token_ids(leaf.token_id);
+    batch->mutable_state_digests()->append(HashString(leaf.state_digest));
+    expected.push_back(leaf::StepLeafHash(leaf));
+    records.push_back(leaves);
+  }
+  AppendAndApply(records);
+  json::value body =
+      ParseJson(Call(verb::get, "/v1/sessions/" + HexEncode(AsBytes(id))).reply.body);
+  EXPECT_EQ(body.at("divergences").as_int64(), 1);
+  const json::array& divergences = body.at("divergence_records").as_array();
+  ASSERT_EQ(divergences.size(), 1u);
+  const json::value& divergence = divergences[0];
+  EXPECT_EQ(divergence.at("step").as_int64(), 0);
+  EXPECT_TRUE(divergence.at("majority_leaf_hash").is_null());
+  const json::array& replicas = divergence.at("replicas").as_array();
+  ASSERT_EQ(replicas.size(), 2u);
+  for (size_t r = 0; r < 2; ++r) {
+    EXPECT_EQ(replicas[r].at("worker_id").as_string(), "w" + std::to_string(r));
+    EXPECT_EQ(replicas[r].at("leaf_hash").as_string(), HexEncode(expected[r]));
+  }
+  EXPECT_EQ(divergence.at("orders").as_array().size(), 2u);
+  EXPECT_EQ(divergence.at("orders").as_array()[1].at("kind").as_string(), "truncate");
+  const json::array& rollbacks = body.at("rollbacks").as_array();
+  ASSERT_EQ(rollbacks.size(), 2u);
+  EXPECT_EQ(rollbacks[0].at("kind").as_string(), "truncate");
+  EXPECT_EQ(rollbacks[0].at("to_step").as_int64(), 0);
+  EXPECT_EQ(rollbacks[0].at("new_epoch").as_int64(), 1);
+  EXPECT_FALSE(body.at("divergence_records_truncated").as_bool());
+}
+
+TEST_F(ApiTest, CheckpointKeyOpensTheServedCheckpoint) {
+  const std::string id = Submit(2);
+  RunToVerified(id, 2);
+  ApiAction key = Call(verb::get, "/v1/checkpoint/key");
+  ASSERT_EQ(key.reply.status, 200u) << key.reply.body;
+  EXPECT_EQ(key.reply.body, signer_->verifier().ToString() + "\n");
+  std::string text = key.reply.body;
+  text.pop_back();
+  ASSERT_OK_AND_ASSIGN(tlog::NoteVerifier verifier, tlog::NoteVerifier::Parse(text));
+  ApiAction checkpoint = Call(verb::get, "/v1/checkpoint");
+  EXPECT_OK(tlog::OpenCheckpoint(checkpoint.reply.body, std::span(&verifier, 1), kOrigin));
+}
+
+TEST_F(ApiTest, IdempotencyKeyGivesARetryTheSameSessionAcrossRestarts) {
+  const std::string body = R"({"model":"tiny","prompt_token_ids":[1,2],"replicas":1})";
+  HttpRequest request{verb::post, "/v1/sessions", body};
+  request.idempotency_key = "order-17";
+  ApiAction first = api_->Handle(request);
+  ApiAction retry = api_->Handle(request);
+  ASSERT_EQ(first.reply.status, 202u) << first.reply.body;
+  EXPECT_EQ(first.reply.body, retry.reply.body);
+  // The id is SHA-256("fieldprint idempotency key" 0x00 key), first 16 bytes.
+  std::string input = "fieldprint idempotency key";
+  input.push_back('\0');
+  input += "order-17";
+  const Hash hash = Sha256(AsBytes(input));
+  EXPECT_EQ(first.append->admit().request().session_id(),
+            std::string(reinterpret_cast<const char*>(hash.data()), 16));
+  ASSERT_OK_AND_ASSIGN(uint64_t position, AppendAndWait(*log_, *first.append));
+  log_.reset();
+  log_ = std::move(RocksLog::Open(dir_.Join("log"))).value();
+  api_ = std::make_unique<Api>(MakeContext(std::string(kAdminToken)));
+  ASSERT_OK_AND_ASSIGN(uint64_t again, AppendAndWait(*log_, *retry.append));
+  EXPECT_EQ(again, position);
+  // The completions route with the same key and the same request reaches the same session.
+  HttpRequest completion{verb::post, "/v1/completions",
+                         R"({"model":"tiny","prompt":[1,2],"replicas":1})"};
+  completion.idempotency_key = "order-17";
+  ApiAction follow = api_->Handle(completion);
+  EXPECT_EQ(follow.follow.session_id, first.append->admit().request().session_id());
+  EXPECT_EQ(AppendAndWait(*log_, *follow.append).value(), position);
+  // The same key with a different request: the log refuses it, the client gets a 409 reason.
+  request.body = R"({"model":"tiny","prompt_token_ids":[1,3],"replicas":1})";
+  ApiAction different = api_->Handle(request);
+  StatusOr<uint64_t> conflict = AppendAndWait(*log_, *different.append);
+  ASSERT_FALSE(conflict.ok());
+  HttpReply reply = api_->AppendFailed(conflict.status());
+  EXPECT_EQ(reply.status, 409u);
+  EXPECT_THAT(ParseJson(reply.body).at("error").at("message").as_string().c_str(),
+              HasSubstr("Idempotency-Key was already used for a different request"));
+}
+
+TEST_F(ApiTest, ReleaseOfAQuarantinedWorkerAppendsARecordForTheAdmin) {
+  pb::LogRecord worker;
+  worker.mutable_worker_registered()->set_worker_id("w9");
+  worker.mutable_worker_registered()->add_models("tiny");
+  worker.mutable_worker_registered()->set_numerics_profile_hash(std::string(32, 'p'));
+  worker.mutable_worker_registered()->set_max_replicas(1);
+  AppendAndApply({worker});
+  HttpRequest request{verb::post, "/v1/admin/workers/w9/release", R"({"reason":"fixed"})"};
+  request.authorization = "Bearer " + std::string(kAdminToken);
+  // Not quarantined: nothing to release.
+  EXPECT_EQ(api_->Handle(request).reply.status, 409u);
+  // Quarantine it through the state, as the applier would have.
+  pb::WorkerState state =
+      DbStateReader(state_.get()).GetMessage<pb::WorkerState>(kWorkers, "w9").value().value();
+  state.set_phase(pb::WorkerState::PHASE_QUARANTINED);
+  StateTxn txn(state_.get());
+  txn.PutMessage(kWorkers, "w9", state);
+  ASSERT_OK(txn.Commit());
+  ApiAction action = api_->Handle(request);
+  ASSERT_EQ(action.reply.status, 202u) << action.reply.body;
+  ASSERT_TRUE(action.append.has_value());
+  EXPECT_EQ(action.append->worker_released().worker_id(), "w9");
+  EXPECT_EQ(action.append->worker_released().reason(), "fixed");
+  request.target = "/v1/admin/workers/nobody/release";
+  EXPECT_EQ(api_->Handle(request).reply.status, 404u);
+}
+
 // ---- Error paths ----
+
+TEST_F(ApiTest, AdminRoutesRefuseCallersWithoutTheToken) {
+  HttpRequest request{verb::post, "/v1/admin/workers/w0/release", ""};
+  auto refused = [&](const Api& api, std::string authorization) {
+    request.authorization = std::move(authorization);
+    ApiAction action = api.Handle(request);
+    EXPECT_FALSE(action.append.has_value());
+    return action.reply.status;
+  };
+  EXPECT_EQ(refused(*api_, ""), 401u);
+  EXPECT_EQ(refused(*api_, "Bearer wrong-token-of-some-length"), 401u);
+  EXPECT_EQ(refused(*api_, std::string(kAdminToken)), 401u);  // the scheme is required
+  EXPECT_EQ(refused(*api_, "Bearer " + std::string(kAdminToken) + "x"), 401u);
+  // Without a configured token the routes are off for everyone.
+  Api disabled(MakeContext(""));
+  EXPECT_EQ(refused(disabled, "Bearer "), 403u);
+  EXPECT_EQ(refused(disabled, "Bearer " + std::string(kAdminToken)), 403u);
+  // GET is not a release.
+  request.method = verb::get;
+  EXPECT_EQ(refused(*api_, "Bearer " + std::string(kAdminToken)), 404u);
+}
+
+TEST_F(ApiTest, MalformedIdempotencyKeysAreRefused) {
+  HttpRequest request{verb::post, "/v1/sessions",
+                      R"({"model":"tiny","prompt_token_ids":[1],"replicas":1})"};
+  request.idempotency_key = std::string(kMaxIdempotencyKeyBytes + 1, 'k');
+  EXPECT_EQ(api_->Handle(request).reply.status, 400u);
+  request.idempotency_key = "tab\there";
+  EXPECT_EQ(api_->Handle(request).reply.status, 400u);
+}
 
 TEST_F(ApiTest, BadSubmissionsGet400WithAReason) {
   auto status_of = [&](std::string target, std::string body) {
@@ -270,7 +494,8 @@ TEST_F(ApiTest, BadSubmissionsGet400WithAReason) {
   EXPECT_EQ(status_of("/v1/sessions", R"({"model":"tiny","prompt_token_ids":[-1]})"), 400u);
   EXPECT_EQ(status_of("/v1/sessions", R"({"model":"tiny","prompt_token_ids":[1],"replicas":0})"),
             400u);
-  EXPECT_EQ(status_of("/v1/completions", R"({"model":"tiny","prompt":"hello"})"), 400u);
+  // A text prompt for a model without a tokenizer.
+  EXPECT_EQ(status_of("/v1/completions", R"({"model":"untokenized","prompt":"hello"})"), 400u);
   EXPECT_EQ(status_of("/v1/completions", R"({"model":"tiny","prompt":[1],"n":2})"), 400u);
 }
 

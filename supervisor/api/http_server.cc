@@ -104,8 +104,10 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
     head_ = request.method() == http::verb::head;
     started_ = Clock::now();
     kind_ = ProofRouteKind(request.target());
-    action_ = api_.Handle(
-        HttpRequest{request.method(), std::string(request.target()), std::move(request.body())});
+    HttpRequest call{request.method(), std::string(request.target()), std::move(request.body())};
+    call.idempotency_key = std::string(request["Idempotency-Key"]);
+    call.authorization = std::string(request[http::field::authorization]);
+    action_ = api_.Handle(call);
     if (!action_.append.has_value()) return Proceed();
     auto self = shared_from_this();
     log_.Append(std::move(*action_.append), [self](StatusOr<uint64_t> position) {

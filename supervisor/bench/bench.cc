@@ -21,8 +21,8 @@
 #include "common/wire/certs.h"
 #include "common/wire/tls.h"
 #include "supervisor/bench/bench_worker.h"
-#include "supervisor/bench/http_client.h"
 #include "supervisor/log/rocksdb_log.h"
+#include "supervisor/net/http_client.h"
 #include "supervisor/runtime/supervisor.h"
 
 namespace fp::supervisor {

@@ -24,7 +24,7 @@
 
 #include "common/base/status.h"
 #include "common/crypto/sha256.h"
-#include "supervisor/bench/http_client.h"
+#include "supervisor/net/http_client.h"
 
 namespace fp::client {
 

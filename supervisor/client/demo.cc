@@ -270,6 +270,10 @@ void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id, 
   printer.Line(fmt::format("  key          {}  (in {})", cluster.verifier_key(),
                            cluster.verifier_key_file()));
   printer.Line(
+      fmt::format("  obtain key   curl {}/v1/checkpoint/key  (offline: fieldprint supervisor "
+                  "key --data-dir {}/supervisor); compare it once, then pin the file",
+                  url, fs::path(cluster.verifier_key_file()).parent_path().string()));
+  printer.Line(
       fmt::format("  audit        fieldprint audit --supervisor {} --session {} "
                   "--key-file {}",
                   url, session_id, cluster.verifier_key_file()));

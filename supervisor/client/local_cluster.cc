@@ -256,6 +256,8 @@ Status LocalCluster::StartSupervisorProcess() {
                                    std::to_string(options_.default_max_tokens),
                                    "--model",
                                    model,
+                                   "--tokenizer",
+                                   fmt::format("{}={}", kLocalModelName, (dir / "model").string()),
                                    "--tick-interval-ms",
                                    Ms(options_.tick_interval),
                                    "--checkpoint-every",

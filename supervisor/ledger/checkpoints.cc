@@ -41,6 +41,15 @@ StatusOr<tlog::NoteSigner> LoadOrCreateSigner(const std::string& path, std::stri
     FP_RETURN_IF_ERROR(WriteNewFile(path, signer.ToString() + "\n"));
     return signer;
   }
+  return LoadSigner(path, origin);
+}
+
+StatusOr<tlog::NoteSigner> LoadSigner(const std::string& path, std::string_view origin) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    return NotFoundError(
+        fmt::format("{} does not exist (a supervisor creates it on its first start)", path));
+  }
   if (std::filesystem::file_size(path, error) > kMaxKeyFileBytes || error) {
     return InvalidArgumentError(fmt::format("{} is not a signer key file", path));
   }

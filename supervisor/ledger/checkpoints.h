@@ -30,6 +30,9 @@ inline constexpr size_t kMaxSignPerCall = 64;
 // exist. FailedPrecondition when the stored key's name is not `origin` (the log's identity would
 // change); InvalidArgument for a malformed key file; Unavailable on I/O errors.
 StatusOr<tlog::NoteSigner> LoadOrCreateSigner(const std::string& path, std::string_view origin);
+// Reads the signer key from `path` without creating it: NotFound when the file does not exist,
+// otherwise as LoadOrCreateSigner.
+StatusOr<tlog::NoteSigner> LoadSigner(const std::string& path, std::string_view origin);
 
 struct SignedCheckpoint {
   tlog::Checkpoint checkpoint;

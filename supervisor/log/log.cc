@@ -82,6 +82,10 @@ const char* RecordTypeName(const pb::LogRecord& record) {
       return "worker_lost";
     case pb::LogRecord::kCheckpointRequest:
       return "checkpoint_request";
+    case pb::LogRecord::kWorkerReleased:
+      return "worker_released";
+    case pb::LogRecord::kPlacementExpired:
+      return "placement_expired";
     case pb::LogRecord::BODY_NOT_SET:
       break;
   }

@@ -46,8 +46,13 @@ class Log {
   virtual void Append(pb::LogRecord record, AppendCallback done) = 0;
 
   // The durable records at positions [from, from + n), n <= max_records, in order; empty when
-  // `from` >= End(). Unavailable or DataLoss from storage.
+  // `from` >= End(). OutOfRange when `from` < Begin() (trimmed); Unavailable or DataLoss from
+  // storage.
   virtual StatusOr<std::vector<LogEntry>> Read(uint64_t from, size_t max_records) const = 0;
+
+  // The first position Read can return: records below it were trimmed (applied everywhere and
+  // covered by a signed checkpoint). 0 for a log that was never trimmed.
+  virtual uint64_t Begin() const { return 0; }
 
   // One past the last durable position.
   virtual uint64_t End() const = 0;

@@ -7,12 +7,15 @@
 #include <pthread.h>
 
 #include "common/base/bytes.h"
+#include "common/crypto/sha256.h"
 
 namespace fp::supervisor {
 namespace {
 
 constexpr size_t kRecords = 0;
 constexpr size_t kKeys = 1;
+constexpr size_t kMeta = 2;
+constexpr std::string_view kMetaBegin = "begin";
 
 std::string PositionKey(uint64_t position) {
   Bytes key;
@@ -25,14 +28,27 @@ StatusOr<uint64_t> ParsePosition(std::string_view bytes) {
   return LoadU64(reinterpret_cast<const uint8_t*>(bytes.data()));
 }
 
+// A keys-family value: the position, then the record's SHA-256.
+std::string KeyValue(uint64_t position, std::string_view record) {
+  std::string value = PositionKey(position);
+  const Hash hash = Sha256(AsBytes(record));
+  value.append(reinterpret_cast<const char*>(hash.data()), hash.size());
+  return value;
+}
+
 }  // namespace
 
 StatusOr<std::unique_ptr<RocksLog>> RocksLog::Open(const std::string& path) {
   RocksStore::Options options;
   options.sync_writes = true;
   FP_ASSIGN_OR_RETURN(std::unique_ptr<RocksStore> store,
-                      RocksStore::Open(path, {"records", "keys"}, options));
-  uint64_t end = 0;
+                      RocksStore::Open(path, {"records", "keys", "meta"}, options));
+  uint64_t begin = 0;
+  FP_ASSIGN_OR_RETURN(std::optional<std::string> trimmed, store->Get(kMeta, kMetaBegin));
+  if (trimmed.has_value()) {
+    FP_ASSIGN_OR_RETURN(begin, ParsePosition(*trimmed));
+  }
+  uint64_t end = begin;
   {
     std::unique_ptr<rocksdb::Iterator> it = store->NewIterator(kRecords);
     it->SeekToLast();
@@ -41,15 +57,17 @@ StatusOr<std::unique_ptr<RocksLog>> RocksLog::Open(const std::string& path) {
       end = last + 1;
       it->SeekToFirst();
       FP_ASSIGN_OR_RETURN(uint64_t first, ParsePosition(ToView(it->key())));
-      if (first != 0) return DataLossError(fmt::format("log {} starts at {}", path, first));
+      if (first != begin) {
+        return DataLossError(fmt::format("log {} starts at {}, expected {}", path, first, begin));
+      }
     }
     FP_RETURN_IF_ERROR(FromRocks(it->status(), "scan log"));
   }
-  return std::unique_ptr<RocksLog>(new RocksLog(std::move(store), end));
+  return std::unique_ptr<RocksLog>(new RocksLog(std::move(store), begin, end));
 }
 
-RocksLog::RocksLog(std::unique_ptr<RocksStore> store, uint64_t end)
-    : store_(std::move(store)), end_(end), next_position_(end) {
+RocksLog::RocksLog(std::unique_ptr<RocksStore> store, uint64_t begin, uint64_t end)
+    : store_(std::move(store)), end_(end), begin_(begin), next_position_(end) {
   writer_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "fp-log-writer");
     WriterLoop();
@@ -135,10 +153,19 @@ StatusOr<std::optional<uint64_t>> RocksLog::FindStored(const std::string& key,
                                                        bool& same_content) const {
   FP_ASSIGN_OR_RETURN(std::optional<std::string> stored, store_->Get(kKeys, key));
   if (!stored.has_value()) return std::optional<uint64_t>();
+  if (stored->size() == 8 + kHashSize) {
+    FP_ASSIGN_OR_RETURN(uint64_t position, ParsePosition(std::string_view(*stored).substr(0, 8)));
+    const Hash hash = Sha256(AsBytes(bytes));
+    same_content = std::equal(hash.begin(), hash.end(), stored->begin() + 8,
+                              [](uint8_t a, char b) { return a == static_cast<uint8_t>(b); });
+    return std::optional<uint64_t>(position);
+  }
   FP_ASSIGN_OR_RETURN(uint64_t position, ParsePosition(*stored));
   FP_ASSIGN_OR_RETURN(std::optional<std::string> record,
                       store_->Get(kRecords, PositionKey(position)));
   if (!record.has_value()) {
+    // A key without its hash whose record a concurrent Trim just removed: it is gone too.
+    if (position < Begin()) return std::optional<uint64_t>();
     return DataLossError(fmt::format("log key points at missing position {}", position));
   }
   same_content = *record == bytes;
@@ -183,7 +210,7 @@ void RocksLog::CommitGroup(std::vector<Pending>& group) {
         continue;
       }
       keyed.emplace(*pending.key, i);
-      batch.Put(store_->handle(kKeys), ToSlice(*pending.key), PositionKey(next));
+      batch.Put(store_->handle(kKeys), ToSlice(*pending.key), KeyValue(next, pending.bytes));
     }
     batch.Put(store_->handle(kRecords), PositionKey(next), ToSlice(pending.bytes));
     results[i] = next++;
@@ -213,7 +240,14 @@ StatusOr<std::vector<LogEntry>> RocksLog::Read(uint64_t from, size_t max_records
   if (from >= end) return entries;
   max_records = std::min({max_records, kMaxReadRecords, static_cast<size_t>(end - from)});
   entries.reserve(max_records);
+  // The iterator reads a snapshot: checking the trim point after creating it covers a Trim that
+  // committed in between.
   std::unique_ptr<rocksdb::Iterator> it = store_->NewIterator(kRecords);
+  if (const uint64_t begin = Begin(); from < begin) {
+    return OutOfRangeError(fmt::format(
+        "log position {} was trimmed (the log starts at {}); it is covered by a signed checkpoint",
+        from, begin));
+  }
   uint64_t expected = from;
   for (it->Seek(PositionKey(from)); it->Valid() && entries.size() < max_records; it->Next()) {
     FP_ASSIGN_OR_RETURN(uint64_t position, ParsePosition(ToView(it->key())));
@@ -237,6 +271,55 @@ StatusOr<std::vector<LogEntry>> RocksLog::Read(uint64_t from, size_t max_records
 uint64_t RocksLog::End() const {
   std::lock_guard lock(mutex_);
   return end_;
+}
+
+uint64_t RocksLog::Begin() const {
+  std::lock_guard lock(mutex_);
+  return begin_;
+}
+
+StatusOr<uint64_t> RocksLog::Trim(uint64_t before) {
+  std::lock_guard trim_lock(trim_mutex_);
+  const uint64_t begin = Begin();
+  const uint64_t to = std::min({before, End(), begin + kMaxTrimRecords});
+  if (to <= begin) return begin;
+  rocksdb::WriteBatch batch;
+  std::unique_ptr<rocksdb::Iterator> it = store_->NewIterator(kRecords);
+  uint64_t expected = begin;
+  for (it->Seek(PositionKey(begin)); it->Valid() && expected < to; it->Next(), ++expected) {
+    FP_ASSIGN_OR_RETURN(uint64_t position, ParsePosition(ToView(it->key())));
+    if (position != expected) {
+      return DataLossError(fmt::format("log position {} missing (found {})", expected, position));
+    }
+    pb::LogRecord record;
+    if (!record.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return DataLossError(fmt::format("log record {} does not parse", position));
+    }
+    std::optional<std::string> key = IdempotencyKey(record);
+    if (!key.has_value()) continue;
+    if (record.has_admit()) {
+      // Kept, with the record's hash, for idempotent submissions (old-format values gain it).
+      batch.Put(store_->handle(kKeys), ToSlice(*key), KeyValue(position, ToView(it->value())));
+    } else {
+      batch.Delete(store_->handle(kKeys), ToSlice(*key));
+    }
+  }
+  FP_RETURN_IF_ERROR(FromRocks(it->status(), "read log for trimming"));
+  if (expected != to)
+    return DataLossError(fmt::format("log ends at {}, expected {}", expected, to));
+  batch.DeleteRange(store_->handle(kRecords), PositionKey(begin), PositionKey(to));
+  batch.Put(store_->handle(kMeta), ToSlice(kMetaBegin), PositionKey(to));
+  // Readers are turned away before the records go, so that none finds a gap instead.
+  {
+    std::lock_guard lock(mutex_);
+    begin_ = to;
+  }
+  if (Status written = store_->Write(&batch); !written.ok()) {
+    std::lock_guard lock(mutex_);
+    begin_ = begin;
+    return written;
+  }
+  return to;
 }
 
 uint64_t RocksLog::WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const {

@@ -8,7 +8,13 @@
 //
 // Key schema (column families):
 //   records  position (BE64)        -> serialized LogRecord
-//   keys     IdempotencyKey(record) -> position (BE64)
+//   keys     IdempotencyKey(record) -> position (BE64) || SHA-256 of the record (32 bytes); logs
+//                                      written before the hash was kept hold the position only
+//   meta     "begin"                -> first retained position (BE64), once trimmed
+//
+// Trimming (Trim) deletes the oldest records and their keys, except the keys of Admit records,
+// which stay (with the record's hash) so that a retried submission with an Idempotency-Key still
+// finds its session after its record is gone. Reads below the trim point are OutOfRange.
 //
 // A write error (fsync failed, disk full) leaves the log failed: every later Append fails with that
 // error, because after a failed fsync nothing written since the last good sync can be trusted.
@@ -42,6 +48,8 @@ inline constexpr size_t kMaxGroupBytes = size_t{32} << 20;
 inline constexpr size_t kMaxRecordBytes = size_t{8} << 20;
 // Records returned by one Read.
 inline constexpr size_t kMaxReadRecords = 8192;
+// Records deleted by one Trim call (each needs its idempotency key computed).
+inline constexpr size_t kMaxTrimRecords = 65536;
 
 class RocksLog final : public Log {
  public:
@@ -57,6 +65,14 @@ class RocksLog final : public Log {
   void Append(pb::LogRecord record, AppendCallback done) override;
   StatusOr<std::vector<LogEntry>> Read(uint64_t from, size_t max_records) const override;
   uint64_t End() const override;
+  uint64_t Begin() const override;
+
+  // Deletes the records at positions [Begin(), min(before, End(), Begin() + kMaxTrimRecords)) and
+  // their idempotency keys (Admit keys stay), synced. The caller guarantees that every
+  // supervisor applied them durably and that a signed checkpoint covers them: nothing can replay
+  // them afterwards. Returns the new Begin(). Unavailable or DataLoss from storage (nothing is
+  // trimmed then).
+  StatusOr<uint64_t> Trim(uint64_t before);
   uint64_t WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const override;
 
   // Refuses new appends (Unavailable), writes everything already queued, completes its callbacks
@@ -80,7 +96,7 @@ class RocksLog final : public Log {
     AppendCallback done;
   };
 
-  explicit RocksLog(std::unique_ptr<RocksStore> store, uint64_t end);
+  RocksLog(std::unique_ptr<RocksStore> store, uint64_t begin, uint64_t end);
   void WriterLoop();
   // Writes one group and completes its callbacks. Runs on the writer thread only.
   void CommitGroup(std::vector<Pending>& group);
@@ -98,6 +114,8 @@ class RocksLog final : public Log {
   bool closing_ = false;                   // guarded by mutex_
   Status failure_;                         // guarded by mutex_; set once a write failed
   uint64_t end_ = 0;                       // guarded by mutex_; one past the last durable record
+  uint64_t begin_ = 0;                     // guarded by mutex_; the first retained record
+  std::mutex trim_mutex_;                  // one Trim at a time
   Stats stats_;                            // guarded by mutex_
 
   uint64_t next_position_ = 0;  // writer thread only

@@ -26,8 +26,8 @@ wire::pb::RollbackKind WireKind(pb::OrderKind kind) {
 }  // namespace
 
 WorkerService::WorkerService(asio::io_context& io, Log& log, const RocksStore& state,
-                             WorkerServiceMetrics metrics)
-    : io_(io), log_(log), state_(state), metrics_(metrics) {}
+                             const WorkerServiceOptions& options, WorkerServiceMetrics metrics)
+    : io_(io), log_(log), state_(state), options_(options), metrics_(metrics) {}
 
 WorkerService::~WorkerService() { Stop(); }
 
@@ -39,7 +39,10 @@ StatusOr<std::unique_ptr<WorkerService>> WorkerService::Start(asio::io_context& 
   boost::system::error_code error;
   const asio::ip::address address = asio::ip::make_address(options.address, error);
   if (error) return InvalidArgumentError(fmt::format("bad address '{}'", options.address));
-  std::unique_ptr<WorkerService> service(new WorkerService(io, log, state, metrics));
+  if (options.supervisor_id.empty() || options.supervisor_id.size() > wire::kMaxNameBytes) {
+    return InvalidArgumentError("the supervisor id must be 1..256 bytes");
+  }
+  std::unique_ptr<WorkerService> service(new WorkerService(io, log, state, options, metrics));
   FP_ASSIGN_OR_RETURN(service->listener_,
                       wire::Listener::Create(io, tls, {address, options.port}, service->Handlers(),
                                              options.connection));
@@ -95,17 +98,33 @@ void WorkerService::OnRegister(const std::shared_ptr<wire::Connection>& connecti
   registered->set_max_replicas(registration.max_replicas());
   registered->set_software_version(registration.software_version());
   std::weak_ptr<wire::Connection> weak = connection;
-  log_.Append(std::move(record), [this, weak, worker_id](StatusOr<uint64_t> position) {
+  const uint32_t capacity = registration.max_replicas();
+  log_.Append(std::move(record), [this, weak, worker_id, capacity](StatusOr<uint64_t> position) {
     std::shared_ptr<wire::Connection> connection = weak.lock();
     if (connection == nullptr) return;
     if (!position.ok()) {
-      connection->Close(position.status().WithContext("register"));
+      Refuse(connection, position.status().WithContext("register"));
       return;
+    }
+    // Quarantine is sticky: the registration is recorded, but the worker gets no work until an
+    // operator releases it.
+    StatusOr<std::optional<pb::WorkerState>> stored =
+        DbStateReader(&state_).GetMessage<pb::WorkerState>(kWorkers, worker_id);
+    if (!stored.ok()) return Refuse(connection, stored.status());
+    if (stored->has_value() && (*stored)->phase() == pb::WorkerState::PHASE_QUARANTINED) {
+      return Refuse(connection,
+                    FailedPreconditionError(fmt::format(
+                        "worker {} is quarantined ({}); an operator releases it with `fieldprint "
+                        "supervisor release-worker`",
+                        worker_id, (*stored)->quarantine_reason())));
     }
     std::shared_ptr<wire::Connection> replaced;
     {
       std::lock_guard lock(mutex_);
-      if (stopped_) return;
+      if (stopped_) {
+        Refuse(connection, UnavailableError("the supervisor is draining"));
+        return;
+      }
       auto& slot = workers_[worker_id];
       if (slot != connection) replaced = std::exchange(slot, connection);
       registered_[connection.get()] = worker_id;
@@ -113,10 +132,30 @@ void WorkerService::OnRegister(const std::shared_ptr<wire::Connection>& connecti
       if (metrics_.connected_workers != nullptr) metrics_.connected_workers->Set(workers_.size());
     }
     if (replaced != nullptr) replaced->Close(AbortedError("replaced by a newer connection"));
+    wire::pb::Envelope ack;
+    ack.mutable_register_ack()->set_supervisor_id(options_.supervisor_id);
+    ack.mutable_register_ack()->set_accepted(true);
+    ack.mutable_register_ack()->set_max_replicas(capacity);
+    if (Status sent = connection->Send(ack); !sent.ok()) return connection->Close(sent);
     LogInfo("supervisor", "worker registered",
             {{"worker", worker_id}, {"peer", connection->remote_endpoint()}});
     asio::post(io_, [this, worker_id] { SendPendingWork(worker_id); });
   });
+}
+
+void WorkerService::Refuse(const std::shared_ptr<wire::Connection>& connection,
+                           const Status& status) {
+  LogWarn("supervisor", "registration refused",
+          {{"worker", connection->peer_identity()}, {"status", status}});
+  wire::pb::Envelope refusal;
+  wire::pb::RegisterAck* ack = refusal.mutable_register_ack();
+  ack->set_supervisor_id(options_.supervisor_id);
+  ack->set_accepted(false);
+  ack->set_code(static_cast<uint32_t>(status.code()));
+  ack->set_reason(std::string(status.message().substr(0, wire::kMaxReasonBytes)));
+  if (ack->reason().empty()) ack->set_reason("refused");
+  connection->Send(refusal).IgnoreError();
+  connection->Close(status);
 }
 
 void WorkerService::OnLeafBatch(const std::shared_ptr<wire::Connection>& connection,
@@ -319,6 +358,15 @@ void WorkerService::Deliver(const Effects& effects) {
     envelope.mutable_quarantine()->set_reason("quarantined after repeated divergences");
     connection->Send(envelope).IgnoreError();
     connection->Close();
+  }
+  // A released worker registers again (and becomes active) on its next connection.
+  for (const std::string& worker_id : effects.released) {
+    std::shared_ptr<wire::Connection> connection = Find(worker_id);
+    if (connection != nullptr) connection->Close(AbortedError("released from quarantine"));
+  }
+  for (const auto& [worker_id, session] : effects.aborted) {
+    Send(worker_id, wire::MakeErrorEnvelope(AbortedError("the session failed; drop its replica"),
+                                            AsBytes(session)));
   }
 }
 

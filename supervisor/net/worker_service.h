@@ -2,7 +2,9 @@
 // authenticated TLS 1.3. Spec: docs/supervisor.md, "Worker protocol".
 //
 // Inbound: a worker's first frame is Register (its identity is its certificate's name, never a
-// message field), which becomes a WorkerRegistered record; LeafBatch frames become LeafBatch
+// message field), which becomes a WorkerRegistered record and, once durable, is answered with an
+// accepted RegisterAck (or a refusing one, then the connection closes: a quarantined worker, a
+// draining supervisor, a failed append); LeafBatch frames become LeafBatch
 // records and are acknowledged (Ack with the log position) only once the record is durable;
 // Heartbeats are echoed; an Error from a worker is logged; anything else closes the connection.
 // Outbound: Deliver() pushes what the applier decided (Assign, Rollback, Commit, Quarantine) to
@@ -49,6 +51,7 @@ struct WorkerServiceOptions {
   std::string address = "127.0.0.1";
   uint16_t port = 0;
   wire::ConnectionOptions connection;
+  std::string supervisor_id = "supervisor-0";  // sent in RegisterAck: this supervisor's name
 };
 
 class WorkerService {
@@ -84,11 +87,13 @@ class WorkerService {
 
  private:
   WorkerService(boost::asio::io_context& io, Log& log, const RocksStore& state,
-                WorkerServiceMetrics metrics);
+                const WorkerServiceOptions& options, WorkerServiceMetrics metrics);
   wire::ConnectionHandlers Handlers();
   void OnEnvelope(const std::shared_ptr<wire::Connection>& connection, wire::pb::Envelope envelope);
   void OnRegister(const std::shared_ptr<wire::Connection>& connection,
                   const wire::pb::Register& registration);
+  // Sends a refusing RegisterAck with `status` and closes the connection.
+  void Refuse(const std::shared_ptr<wire::Connection>& connection, const Status& status);
   void OnLeafBatch(const std::shared_ptr<wire::Connection>& connection,
                    const wire::pb::LeafBatch& batch);
   void OnClose(const std::shared_ptr<wire::Connection>& connection, const Status& status);
@@ -102,6 +107,7 @@ class WorkerService {
   boost::asio::io_context& io_;  // borrowed
   Log& log_;                     // borrowed
   const RocksStore& state_;      // borrowed
+  const WorkerServiceOptions options_;
   const WorkerServiceMetrics metrics_;
   std::shared_ptr<wire::Listener> listener_;
   uint16_t port_ = 0;

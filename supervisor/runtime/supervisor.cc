@@ -2,6 +2,7 @@
 #include "supervisor/runtime/supervisor.h"
 
 #include <filesystem>
+#include <limits>
 
 #include <fmt/format.h>
 #include <pthread.h>
@@ -91,7 +92,17 @@ struct Supervisor::Metrics {
                                                 "Proof requests over HTTP, by kind and outcome")),
         proof_latency(metrics::RegisterHistogram(registry,
                                                  "fieldprint_supervisor_proof_latency_seconds",
-                                                 "Proof request handling time, by kind")) {}
+                                                 "Proof request handling time, by kind")),
+        sessions_failed(metrics::RegisterCounter(registry,
+                                                 "fieldprint_supervisor_sessions_failed_total",
+                                                 "Sessions that failed, by reason")),
+        releases(metrics::RegisterCounter(registry, "fieldprint_supervisor_worker_releases_total",
+                                          "Workers released from quarantine by an operator")
+                     .Add({})),
+        log_begin(metrics::RegisterGauge(registry, "fieldprint_supervisor_log_begin_position",
+                                         "First position the log retains (records below it "
+                                         "were trimmed)")
+                      .Add({})) {}
 
   prometheus::Counter& leaves_ingested;
   prometheus::Counter& batches_refused;
@@ -110,6 +121,9 @@ struct Supervisor::Metrics {
   prometheus::Family<prometheus::Gauge>& rocksdb_bytes;
   prometheus::Family<prometheus::Counter>& proof_requests;
   prometheus::Family<prometheus::Histogram>& proof_latency;
+  prometheus::Family<prometheus::Counter>& sessions_failed;
+  prometheus::Counter& releases;
+  prometheus::Gauge& log_begin;
 };
 
 Supervisor::Supervisor(const SupervisorOptions& options) : options_(options) {}
@@ -158,6 +172,13 @@ Status Supervisor::Open(prometheus::Registry& registry) {
     return DataLossError(fmt::format("state applied {} records but the log holds {}",
                                      applier_->applied(), log_->End()));
   }
+  if (applier_->applied() < log_->Begin()) {
+    return FailedPreconditionError(fmt::format(
+        "the state applied {} records but the log was trimmed to start at {}: the state cannot "
+        "be rebuilt from this log",
+        applier_->applied(), log_->Begin()));
+  }
+  metrics_->log_begin.Set(static_cast<double>(log_->Begin()));
   FP_ASSIGN_OR_RETURN(tlog::NoteSigner signer,
                       LoadOrCreateSigner((dir / kCheckpointKeyFile).string(), options_.origin));
   ApiContext context;
@@ -171,6 +192,14 @@ Status Supervisor::Open(prometheus::Registry& registry) {
   context.applied = [this] { return applier_->applied(); };
   context.draining = &draining_;
   context.recovery_position = log_->End();
+  context.admin_token = options_.admin_token;
+  for (const auto& [model, dir] : options_.tokenizer_dirs) {
+    // The supervisor does not load the model, so only the tokenizer's own vocabulary bounds ids.
+    StatusOr<std::unique_ptr<tokenizer::Tokenizer>> loaded =
+        tokenizer::LoadTokenizer(dir, std::numeric_limits<int32_t>::max());
+    if (!loaded.ok()) return loaded.status().WithContext("tokenizer of model " + model);
+    context.tokenizers[model] = std::move(*loaded);
+  }
   api_ = std::make_unique<Api>(std::move(context));
   signer_ = std::make_unique<CheckpointSigner>(state_.get(), options_.origin, std::move(signer));
   // Whatever a crash left unsigned is signed before anything is served.
@@ -192,6 +221,7 @@ Status Supervisor::StartNetwork(prometheus::Registry& registry) {
   worker_options.address = options_.worker_address;
   worker_options.port = options_.worker_port;
   worker_options.connection = options_.connection;
+  worker_options.supervisor_id = options_.tls_name;
   WorkerServiceMetrics worker_metrics{&metrics_->leaves_ingested, &metrics_->append_latency,
                                       &metrics_->batches_refused, &metrics_->connected_workers};
   FP_ASSIGN_OR_RETURN(
@@ -240,6 +270,9 @@ void Supervisor::ApplierLoop() {
     metrics_->rejected.Increment(static_cast<double>(effects->rejected));
     metrics_->divergences.Increment(static_cast<double>(effects->divergences));
     metrics_->quarantines.Increment(static_cast<double>(effects->quarantined.size()));
+    metrics_->releases.Increment(static_cast<double>(effects->released.size()));
+    metrics_->sessions_failed.Add({{"reason", "placement_timeout"}})
+        .Increment(static_cast<double>(effects->placement_timeouts));
     for (const pb::Order& order : effects->orders) {
       metrics_->rollbacks.Add({{"kind", pb::OrderKind_Name(order.kind())}}).Increment();
     }
@@ -307,8 +340,13 @@ void Supervisor::LeaderRound(Clock::time_point now) {
     lost.mutable_worker_lost()->set_worker_id(worker_id);
     AppendInBackground(std::move(lost));
   }
+  if (options_.log_retention_records > 0 && now - last_trim_ >= options_.log_trim_interval) {
+    if (Status trimmed = TrimLog(); !trimmed.ok()) return Fail(trimmed.WithContext("trim log"));
+    last_trim_ = now;
+  }
   if (now - last_slow_round_ >= std::chrono::seconds(1)) {
     CheckDeadlines(now);
+    ProposePlacementExpiries();
     UpdateGauges();
     last_slow_round_ = now;
   }
@@ -358,6 +396,60 @@ void Supervisor::CheckDeadlines(Clock::time_point now) {
       AppendInBackground(std::move(deadline));
     }
   }
+}
+
+void Supervisor::ProposePlacementExpiries() {
+  const uint64_t timeout = options_.applier.placement_timeout_ms;
+  if (timeout == 0) return;
+  // The applier decides with its clock; proposing by that same clock keeps rejections rare.
+  DbStateReader reader(state_.get());
+  StatusOr<AppliedMeta> meta = ReadAppliedMeta(reader);
+  if (!meta.ok()) return Fail(meta.status());
+  std::unique_ptr<rocksdb::Iterator> it = state_->NewIterator(kWaiting);
+  size_t proposed = 0;
+  for (it->SeekToFirst(); it->Valid() && proposed < kMaxPlacementExpiriesPerRound; it->Next()) {
+    const std::string id = it->key().ToString();
+    StatusOr<std::optional<pb::SessionState>> session =
+        reader.GetMessage<pb::SessionState>(kSessions, id);
+    if (!session.ok()) return Fail(session.status());
+    if (!session->has_value() || (*session)->phase() != pb::SESSION_PHASE_WAITING ||
+        meta->clock_ms < (*session)->waiting_since_unix_ms() + timeout) {
+      continue;
+    }
+    pb::LogRecord expired;
+    expired.mutable_placement_expired()->set_session_id(id);
+    expired.mutable_placement_expired()->set_waiting_since_unix_ms(
+        (*session)->waiting_since_unix_ms());
+    LogWarn("supervisor", "session could not be placed in time",
+            {{"session", HexEncode(AsBytes(id))}, {"timeout_ms", timeout}});
+    AppendInBackground(std::move(expired));
+    ++proposed;
+  }
+  if (!it->status().ok()) Fail(FromRocks(it->status(), "scan waiting sessions"));
+}
+
+Status Supervisor::TrimLog() {
+  StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
+  if (latest.status().code() == StatusCode::kNotFound) return OkStatus();
+  FP_RETURN_IF_ERROR(latest.status());
+  DbStateReader reader(state_.get());
+  FP_ASSIGN_OR_RETURN(
+      std::optional<pb::CheckpointBody> body,
+      reader.GetMessage<pb::CheckpointBody>(kCheckpoints, U64Key(latest->checkpoint.size)));
+  if (!body.has_value()) return DataLossError("signed checkpoint without its body");
+  // The state has no WAL: flushing it makes the applied prefix survive a crash, so no record a
+  // restart would replay is deleted.
+  const uint64_t applied = applier_->applied();
+  FP_RETURN_IF_ERROR(state_->Flush());
+  const uint64_t covered = std::min(applied, body->position() + 1);
+  if (covered <= options_.log_retention_records) return OkStatus();
+  const uint64_t before = log_->Begin();
+  FP_ASSIGN_OR_RETURN(uint64_t begin, log_->Trim(covered - options_.log_retention_records));
+  if (begin > before) {
+    LogInfo("supervisor", "log trimmed", {{"from", before}, {"to", begin}});
+  }
+  metrics_->log_begin.Set(static_cast<double>(begin));
+  return OkStatus();
 }
 
 void Supervisor::UpdateGauges() {

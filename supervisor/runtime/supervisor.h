@@ -4,7 +4,8 @@
 // Threads: the log's writer thread (group commit); the applier thread, which applies durable
 // records in groups, delivers their effects to workers and signs new checkpoints; the leader
 // thread, which writes every time-dependent record (Tick, CheckpointRequest, Assign from
-// placement, Deadline for stalled replicas, WorkerLost after the grace period); and
+// placement, Deadline for stalled replicas, WorkerLost after the grace period, PlacementExpired
+// for sessions waiting too long for placement); and
 // `io_threads` Asio threads for the worker listener and the HTTP server. The standalone
 // supervisor is always the leader; a cluster backend will run the leader thread only on the
 // elected leader.
@@ -47,6 +48,8 @@ namespace fp::supervisor {
 // Records applied per group (one RocksDB WriteBatch).
 inline constexpr size_t kMaxApplyGroup = 512;
 inline constexpr uint32_t kMaxIoThreads = 64;
+// PlacementExpired records the leader proposes per round.
+inline constexpr size_t kMaxPlacementExpiriesPerRound = 256;
 
 struct SupervisorOptions {
   std::string data_dir;
@@ -70,7 +73,15 @@ struct SupervisorOptions {
   std::chrono::milliseconds replica_deadline{120'000};
   std::chrono::milliseconds worker_grace{30'000};
   std::chrono::milliseconds drain_timeout{10'000};
+  // Log trimming: records applied (durably) and covered by a signed checkpoint are deleted from
+  // the log, keeping the newest `log_retention_records` of them; 0 keeps the whole log.
+  uint64_t log_retention_records = 0;
+  std::chrono::milliseconds log_trim_interval{10'000};
   wire::ConnectionOptions connection;
+  std::string admin_token;  // bearer token of the /v1/admin/ routes; empty disables them
+  // Per model: the folder of its tokenizer (tokenizer.model or fieldprint_tokenizer.json), for
+  // text prompts and completion text at /v1/completions.
+  std::map<std::string, std::string> tokenizer_dirs;
 };
 
 class Supervisor {
@@ -106,6 +117,10 @@ class Supervisor {
   void LeaderLoop();
   void LeaderRound(std::chrono::steady_clock::time_point now);
   void CheckDeadlines(std::chrono::steady_clock::time_point now);
+  // Appends PlacementExpired for sessions waiting longer than the placement timeout.
+  void ProposePlacementExpiries();
+  // Trims the log down to the retention (see SupervisorOptions::log_retention_records).
+  Status TrimLog();
   void AppendInBackground(pb::LogRecord record);
   void Fail(const Status& status);
   void UpdateGauges();
@@ -141,6 +156,7 @@ class Supervisor {
   // Leader thread only.
   std::chrono::steady_clock::time_point last_tick_{};
   std::chrono::steady_clock::time_point last_slow_round_{};
+  std::chrono::steady_clock::time_point last_trim_{};
   std::chrono::steady_clock::time_point requested_at_{};
   bool requested_checkpoint_ = false;
   uint64_t requested_size_ = 0;

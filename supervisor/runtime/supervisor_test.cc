@@ -15,8 +15,9 @@
 
 #include "common/leaf/step_leaf.h"
 #include "common/wire/certs.h"
+#include "common/wire/envelope.h"
 #include "common/wire/tls.h"
-#include "supervisor/bench/http_client.h"
+#include "supervisor/net/http_client.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
 
@@ -49,7 +50,11 @@ class TestWorker {
                                             std::move(handlers), wire::ConnectionOptions());
     connection_->Start();
   }
-  ~TestWorker() { connection_->Close(); }
+  // Waits for the close handler, which writes into this object, before the object goes away.
+  ~TestWorker() {
+    connection_->Close();
+    WaitClosed();
+  }
 
   void Send(const wire::pb::Envelope& envelope) { FP_CHECK_OK(connection_->Send(envelope)); }
 
@@ -92,7 +97,8 @@ wire::pb::Envelope Registration() {
   return envelope;
 }
 
-wire::pb::Envelope Leaves(const wire::pb::Assign& assign, uint64_t steps) {
+wire::pb::Envelope Leaves(const wire::pb::Assign& assign, uint64_t steps,
+                          const std::string& salt = "") {
   wire::pb::Envelope envelope;
   wire::pb::LeafBatch* batch = envelope.mutable_leaf_batch();
   batch->set_session_id(assign.session_id());
@@ -104,7 +110,7 @@ wire::pb::Envelope Leaves(const wire::pb::Assign& assign, uint64_t steps) {
     std::copy(assign.session_id().begin(), assign.session_id().end(), leaf.session_id.begin());
     leaf.step = step;
     leaf.token_id = 40 + static_cast<uint32_t>(step);
-    leaf.state_digest = Sha256("state " + std::to_string(step));
+    leaf.state_digest = Sha256(salt + "state " + std::to_string(step));
     wire::AppendStepLeaf(*batch, leaf.token_id, leaf.state_digest);
     tree.Append(leaf::StepLeafHash(leaf), nullptr);
   }
@@ -118,8 +124,19 @@ class SupervisorTest : public ::testing::Test {
  protected:
   void SetUp() override {
     wire::CertsOptions certs;
-    certs.names = {"supervisor-0", "worker-0"};
+    certs.names = {"supervisor-0", "worker-0", "worker-1"};
     FP_CHECK_OK(wire::InitCerts(dir_.Join("certs"), certs));
+    StartWith(Options());
+    for (const char* name : {"worker-0", "worker-1"}) {
+      auto tls = wire::MakeClientTlsContext(wire::TlsFilesForNode(dir_.Join("certs"), name));
+      FP_CHECK_OK(tls);
+      (tls_ == nullptr ? tls_ : tls_1_) = std::move(tls).value();
+    }
+    work_.emplace(boost::asio::make_work_guard(io_));
+    thread_ = std::thread([this] { io_.run(); });
+  }
+
+  SupervisorOptions Options() {
     SupervisorOptions options;
     options.data_dir = dir_.Join("data");
     options.certs_dir = dir_.Join("certs");
@@ -130,15 +147,36 @@ class SupervisorTest : public ::testing::Test {
     options.defaults.models["tiny"] = {std::string(32, 'n'), std::string(32, '\0')};
     options.tick_interval = std::chrono::milliseconds(50);
     options.checkpoint_interval = std::chrono::milliseconds(50);
-    auto supervisor = Supervisor::Start(options, registry_);
+    return options;
+  }
+
+  // (Re)starts the supervisor on the same data directory, with a fresh metrics registry.
+  void StartWith(const SupervisorOptions& options) {
+    if (supervisor_ != nullptr) {
+      ASSERT_OK(supervisor_->Drain());
+    }
+    supervisor_.reset();
+    registry_ = std::make_unique<prometheus::Registry>();
+    auto supervisor = Supervisor::Start(options, *registry_);
     FP_CHECK_OK(supervisor);
     supervisor_ = std::move(supervisor).value();
-    auto tls = wire::MakeClientTlsContext(wire::TlsFilesForNode(dir_.Join("certs"), "worker-0"));
-    FP_CHECK_OK(tls);
-    tls_ = std::move(tls).value();
-    work_.emplace(boost::asio::make_work_guard(io_));
-    thread_ = std::thread([this] { io_.run(); });
     http_ = std::make_unique<HttpClient>("127.0.0.1", supervisor_->http_port());
+  }
+
+  // GETs `target` until `done` holds for its JSON body (or kWait passes); returns the last body.
+  json::value WaitFor(const std::string& target,
+                      const std::function<bool(const json::value&)>& done) {
+    const auto give_up = std::chrono::steady_clock::now() + kWait;
+    json::value body;
+    while (std::chrono::steady_clock::now() < give_up) {
+      auto response = http_->Request(verb::get, target);
+      if (response.ok() && response->status == 200) {
+        body = json::parse(response->body);
+        if (done(body)) break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return body;
   }
 
   void TearDown() override {
@@ -164,12 +202,13 @@ class SupervisorTest : public ::testing::Test {
   }
 
   fp::testing::TempDir dir_;
-  prometheus::Registry registry_;
+  std::unique_ptr<prometheus::Registry> registry_;
   std::unique_ptr<Supervisor> supervisor_;
   boost::asio::io_context io_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
   std::thread thread_;
-  std::unique_ptr<boost::asio::ssl::context> tls_;
+  std::unique_ptr<boost::asio::ssl::context> tls_;    // worker-0
+  std::unique_ptr<boost::asio::ssl::context> tls_1_;  // worker-1
   std::unique_ptr<TestWorker> worker_;
   std::unique_ptr<HttpClient> http_;
 };
@@ -226,6 +265,110 @@ TEST_F(SupervisorTest, MetricsAreServedWithTheFieldprintPrefix) {
   EXPECT_EQ(metrics.status, 200u);
   EXPECT_THAT(metrics.body, HasSubstr("fieldprint_supervisor_append_latency_seconds"));
   EXPECT_THAT(metrics.body, HasSubstr("fieldprint_supervisor_leaves_ingested_total"));
+}
+
+TEST_F(SupervisorTest, RegistrationIsAcknowledgedWithTheSupervisorsIdAndCapacity) {
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  std::optional<wire::pb::Envelope> ack = worker.Next(wire::pb::Envelope::kRegisterAck);
+  ASSERT_TRUE(ack.has_value());
+  EXPECT_TRUE(ack->register_ack().accepted());
+  EXPECT_EQ(ack->register_ack().supervisor_id(), "supervisor-0");
+  EXPECT_EQ(ack->register_ack().max_replicas(), 4u);
+  EXPECT_OK(wire::ValidateEnvelope(*ack));
+}
+
+TEST_F(SupervisorTest, SessionThatCannotBePlacedFailsAfterThePlacementTimeout) {
+  SupervisorOptions options = Options();
+  options.applier.placement_timeout_ms = 200;
+  StartWith(options);
+  const std::string id = Submit(2);  // no worker is connected
+  json::value state = WaitFor("/v1/sessions/" + id, [](const json::value& body) {
+    return body.at("phase").as_string() == "failed";
+  });
+  EXPECT_EQ(state.at("phase").as_string(), "failed");
+  EXPECT_THAT(std::string(state.at("failure").as_string()),
+              HasSubstr("placement timeout: 0 of 1 replicas placed"));
+  ASSERT_OK_AND_ASSIGN(HttpResponse metrics, http_->Request(verb::get, "/metrics"));
+  EXPECT_THAT(
+      metrics.body,
+      HasSubstr("fieldprint_supervisor_sessions_failed_total{reason=\"placement_timeout\"} 1"));
+}
+
+TEST_F(SupervisorTest, QuarantinedWorkerIsRefusedUntilAnOperatorReleasesIt) {
+  SupervisorOptions options = Options();
+  options.defaults.replicas = 2;
+  options.applier.quarantine_divergences = 1;
+  options.admin_token = "admin-token-for-tests";
+  StartWith(options);
+  TestWorker w0(io_, *tls_, supervisor_->worker_port());
+  auto w1 = std::make_unique<TestWorker>(io_, *tls_1_, supervisor_->worker_port());
+  w0.Send(Registration());
+  w1->Send(Registration());
+  ASSERT_TRUE(w0.Next(wire::pb::Envelope::kRegisterAck).has_value());
+  ASSERT_TRUE(w1->Next(wire::pb::Envelope::kRegisterAck).has_value());
+  Submit(2);
+  std::optional<wire::pb::Envelope> a0 = w0.Next(wire::pb::Envelope::kAssign);
+  std::optional<wire::pb::Envelope> a1 = w1->Next(wire::pb::Envelope::kAssign);
+  ASSERT_TRUE(a0.has_value() && a1.has_value());
+  // The replicas disagree: both workers pass the threshold of one divergence.
+  w0.Send(Leaves(a0->assign(), 2, "zero "));
+  w1->Send(Leaves(a1->assign(), 2, "one "));
+  ASSERT_TRUE(w0.Next(wire::pb::Envelope::kQuarantine).has_value());
+  EXPECT_TRUE(w0.WaitClosed().has_value());
+  // Reconnecting: refused, with the reason.
+  TestWorker again(io_, *tls_, supervisor_->worker_port());
+  again.Send(Registration());
+  std::optional<wire::pb::Envelope> refusal = again.Next(wire::pb::Envelope::kRegisterAck);
+  ASSERT_TRUE(refusal.has_value());
+  EXPECT_FALSE(refusal->register_ack().accepted());
+  EXPECT_EQ(refusal->register_ack().code(), static_cast<uint32_t>(StatusCode::kFailedPrecondition));
+  EXPECT_THAT(refusal->register_ack().reason(), HasSubstr("quarantined"));
+  EXPECT_TRUE(again.WaitClosed().has_value());
+  // The admin route refuses a caller without the token, and releases with it.
+  const std::string route = "/v1/admin/workers/worker-0/release";
+  ASSERT_OK_AND_ASSIGN(HttpResponse anonymous, http_->Request(verb::post, route, "{}"));
+  EXPECT_EQ(anonymous.status, 401u);
+  ASSERT_OK_AND_ASSIGN(HttpResponse released,
+                       http_->Request(verb::post, route, R"({"reason":"test"})",
+                                      {{"Authorization", "Bearer admin-token-for-tests"}}));
+  EXPECT_EQ(released.status, 202u) << released.body;
+  WaitFor("/v1/workers", [](const json::value& body) {
+    return body.at("workers").as_array()[0].at("phase").as_string() == "lost";
+  });
+  TestWorker back(io_, *tls_, supervisor_->worker_port());
+  back.Send(Registration());
+  std::optional<wire::pb::Envelope> accepted = back.Next(wire::pb::Envelope::kRegisterAck);
+  ASSERT_TRUE(accepted.has_value());
+  EXPECT_TRUE(accepted->register_ack().accepted());
+}
+
+TEST_F(SupervisorTest, LogIsTrimmedBehindSignedCheckpointsAndTheStateSurvivesARestart) {
+  SupervisorOptions options = Options();
+  options.log_retention_records = 2;
+  options.log_trim_interval = std::chrono::milliseconds(20);
+  StartWith(options);
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  const std::string id = Submit(3);
+  std::optional<wire::pb::Envelope> assign = worker.Next(wire::pb::Envelope::kAssign);
+  ASSERT_TRUE(assign.has_value());
+  worker.Send(Leaves(assign->assign(), 3));
+  WaitFor("/v1/sessions/" + id,
+          [](const json::value& body) { return body.at("phase").as_string() == "verified"; });
+  const auto give_up = std::chrono::steady_clock::now() + kWait;
+  while (supervisor_->log().Begin() == 0 && std::chrono::steady_clock::now() < give_up) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  const uint64_t begin = supervisor_->log().Begin();
+  ASSERT_GT(begin, 0u);
+  EXPECT_THAT(supervisor_->log().Read(0, 1).status(),
+              fp::testing::StatusIs(StatusCode::kOutOfRange));
+  worker_.reset();
+  StartWith(options);  // the state is not rebuilt from the (trimmed) log, only continued
+  json::value state = WaitFor("/v1/sessions/" + id, [](const json::value&) { return true; });
+  EXPECT_EQ(state.at("phase").as_string(), "verified");
+  EXPECT_GE(supervisor_->log().Begin(), begin);
 }
 
 // ---- Error paths ----

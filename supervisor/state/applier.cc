@@ -64,6 +64,10 @@ class Applier::Run {
   Status ApplyWorkerRegistered(const pb::WorkerRegistered& registered);
   Status ApplyWorkerLost(const pb::WorkerLost& lost);
   Status ApplyCheckpointRequest();
+  Status ApplyWorkerReleased(const pb::WorkerReleased& released);
+  Status ApplyPlacementExpired(const pb::PlacementExpired& expired);
+  // The session (not terminal) starts waiting for placement now, unless it already waits.
+  void EnterWaiting(pb::SessionState& session);
 
   Status AppendLeaves(const std::string& id, pb::SessionState& session, uint32_t index,
                       const pb::LeafBatch& batch);
@@ -192,6 +196,10 @@ Status Applier::Run::ApplyEntry(const LogEntry& entry) {
       return ApplyWorkerLost(record.worker_lost());
     case pb::LogRecord::kCheckpointRequest:
       return ApplyCheckpointRequest();
+    case pb::LogRecord::kWorkerReleased:
+      return ApplyWorkerReleased(record.worker_released());
+    case pb::LogRecord::kPlacementExpired:
+      return ApplyPlacementExpired(record.placement_expired());
     case pb::LogRecord::BODY_NOT_SET:
       break;
   }
@@ -228,6 +236,7 @@ Status Applier::Run::ApplyAdmit(const pb::Admit& admit) {
   pb::SessionState& session = sessions_[id].emplace();
   *session.mutable_request() = request;
   session.set_phase(pb::SESSION_PHASE_WAITING);
+  session.set_waiting_since_unix_ms(clock_ms_);
   session.set_admitted_position(position_);
   session.set_admitted_unix_ms(clock_ms_);
   for (uint32_t i = 0; i < request.replicas(); ++i) session.add_replicas();
@@ -463,7 +472,7 @@ Status Applier::Run::Diverge(const std::string& id, pb::SessionState& session, u
     // rolling both back again.
     if (session.replicas_size() == 2 && session.disagreements() >= 2) {
       session.add_replicas();
-      session.set_phase(pb::SESSION_PHASE_WAITING);
+      EnterWaiting(session);
       minority.clear();
     }
   }
@@ -567,7 +576,7 @@ Status Applier::Run::ReplaceReplica(const std::string& id, pb::SessionState& ses
   replica.clear_claimed_root();
   replica.set_diverged_step(0);
   replica.set_diverged_count(0);
-  if (session.phase() == pb::SESSION_PHASE_RUNNING) session.set_phase(pb::SESSION_PHASE_WAITING);
+  if (session.phase() == pb::SESSION_PHASE_RUNNING) EnterWaiting(session);
   PutOrder(id, index, pb::ORDER_KIND_REPLACE, 0, replica, worker_id);
   MarkSession(id);
   Progressed(id);
@@ -719,6 +728,60 @@ Status Applier::Run::ApplyCheckpointRequest() {
   has_checkpoint_ = true;
   last_checkpoint_size_ = ledger_.size();
   effects_.checkpoint = true;
+  return OkStatus();
+}
+
+void Applier::Run::EnterWaiting(pb::SessionState& session) {
+  if (session.phase() == pb::SESSION_PHASE_WAITING) return;
+  session.set_phase(pb::SESSION_PHASE_WAITING);
+  session.set_waiting_since_unix_ms(clock_ms_);
+}
+
+Status Applier::Run::ApplyWorkerReleased(const pb::WorkerReleased& released) {
+  FP_ASSIGN_OR_RETURN(pb::WorkerState * worker, Worker(released.worker_id()));
+  if (worker == nullptr || worker->phase() != pb::WorkerState::PHASE_QUARANTINED) {
+    Reject("release of a worker that is unknown or not quarantined");
+    return OkStatus();
+  }
+  // Lost, not active: the worker must register again (the runtime closes its connection) before
+  // anything is placed on it, so that a released worker that is not running gets no replicas.
+  worker->set_phase(pb::WorkerState::PHASE_LOST);
+  worker->set_divergences(0);
+  worker->clear_quarantine_reason();
+  worker->set_releases(worker->releases() + 1);
+  worker->set_release_reason(released.reason().substr(0, kMaxReleaseReasonBytes));
+  worker->set_released_unix_ms(clock_ms_);
+  MarkWorker(released.worker_id());
+  effects_.released.push_back(released.worker_id());
+  return OkStatus();
+}
+
+Status Applier::Run::ApplyPlacementExpired(const pb::PlacementExpired& expired) {
+  const std::string& id = expired.session_id();
+  FP_ASSIGN_OR_RETURN(pb::SessionState * session, Session(id));
+  const uint64_t timeout = applier_->options_.placement_timeout_ms;
+  if (session == nullptr || session->phase() != pb::SESSION_PHASE_WAITING || timeout == 0 ||
+      session->waiting_since_unix_ms() != expired.waiting_since_unix_ms() ||
+      clock_ms_ < session->waiting_since_unix_ms() + timeout) {
+    Reject("placement expiry for a session that is not waiting that long");
+    return OkStatus();
+  }
+  uint32_t placed = 0;
+  for (uint32_t i = 0; i < static_cast<uint32_t>(session->replicas_size()); ++i) {
+    const std::string worker_id = session->replicas(i).worker_id();
+    if (worker_id.empty()) continue;
+    ++placed;
+    FP_RETURN_IF_ERROR(Worker(worker_id).status());  // loads it for DetachReplica
+    DetachReplica(worker_id, id, i);
+    effects_.aborted.emplace_back(worker_id, id);
+  }
+  session->set_phase(pb::SESSION_PHASE_FAILED);
+  session->set_failure(fmt::format(
+      "placement timeout: {} of {} replicas placed after waiting {} ms for eligible workers",
+      placed, session->replicas_size(), clock_ms_ - session->waiting_since_unix_ms()));
+  ++effects_.placement_timeouts;
+  MarkSession(id);
+  Progressed(id);
   return OkStatus();
 }
 

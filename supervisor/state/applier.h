@@ -37,10 +37,15 @@ namespace fp::supervisor {
 
 // Rejection reasons kept per Apply for logs; the count is always exact.
 inline constexpr size_t kMaxReportedRejections = 16;
+// Bytes of an operator's release note kept in the worker's state.
+inline constexpr size_t kMaxReleaseReasonBytes = 256;
 
 struct ApplierOptions {
   // A worker whose divergences (all sessions) reach this many is quarantined.
   uint32_t quarantine_divergences = 8;
+  // A session waiting for placement this long (leader clock) fails when the leader proposes it
+  // (PlacementExpired); 0 never fails one.
+  uint64_t placement_timeout_ms = 600'000;
 };
 
 // What an Apply changed that the rest of the supervisor must act on. Derived from the records
@@ -50,7 +55,11 @@ struct Effects {
   std::vector<pb::Order> orders;         // new orders (rollbacks, rebuilds, replacements)
   std::vector<pb::Assign> assignments;   // new placements to deliver
   std::vector<std::string> quarantined;  // workers quarantined
-  std::vector<std::string> rejections;   // up to kMaxReportedRejections reasons
+  std::vector<std::string> released;     // workers released from quarantine
+  // Replicas of sessions that failed, as (worker, session): the workers must drop them.
+  std::vector<std::pair<std::string, std::string>> aborted;
+  uint64_t placement_timeouts = 0;      // sessions failed because they could not be placed
+  std::vector<std::string> rejections;  // up to kMaxReportedRejections reasons
   uint64_t rejected = 0;
   uint64_t leaves = 0;  // leaves appended to session trees
   uint64_t divergences = 0;

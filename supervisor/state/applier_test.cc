@@ -313,6 +313,108 @@ TEST_F(ApplierTest, WorkerPastTheThresholdIsQuarantinedAndItsReplicasReplaced) {
   EXPECT_EQ(State(s).verified_steps(), 6u);
 }
 
+TEST_F(ApplierTest, ReleasedWorkerIsLostUntilItRegistersAgainThenGetsWork) {
+  Open(ApplierOptions{.quarantine_divergences = 1});
+  const std::string s = Session(20);
+  Start(s, 3);
+  Apply(Leaves(s, 0, 0, 0, 0, 4));
+  Apply(Leaves(s, 1, 1, 0, 0, 4));
+  ASSERT_THAT(Apply(Leaves(s, 2, 2, 0, 0, 4, {1})).quarantined, ElementsAre(Worker(2)));
+  // Reconnecting does not clear a quarantine.
+  Register(2);
+  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(2)).phase(), pb::WorkerState::PHASE_QUARANTINED);
+  pb::LogRecord release;
+  release.mutable_worker_released()->set_worker_id(Worker(2));
+  release.mutable_worker_released()->set_reason("disk replaced");
+  Effects effects = Apply(release);
+  EXPECT_EQ(effects.rejected, 0u);
+  EXPECT_THAT(effects.released, ElementsAre(Worker(2)));
+  pb::WorkerState worker = Read<pb::WorkerState>(kWorkers, Worker(2));
+  EXPECT_EQ(worker.phase(), pb::WorkerState::PHASE_LOST);
+  EXPECT_EQ(worker.divergences(), 0u);
+  EXPECT_EQ(worker.quarantine_reason(), "");
+  EXPECT_EQ(worker.releases(), 1u);
+  EXPECT_EQ(worker.release_reason(), "disk replaced");
+  // Lost: nothing is placed on it until it registers again.
+  EXPECT_EQ(Assign(s, 2, 2, 1).rejected, 1u);
+  Register(2);
+  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(2)).phase(), pb::WorkerState::PHASE_ACTIVE);
+  EXPECT_EQ(Assign(s, 2, 2, 1).rejected, 0u);
+  Apply(Leaves(s, 2, 2, 1, 0, 4));
+  EXPECT_EQ(State(s).verified_steps(), 4u);
+}
+
+TEST_F(ApplierTest, ReleaseOfAWorkerThatIsNotQuarantinedChangesNothing) {
+  Register(0);
+  pb::LogRecord release;
+  release.mutable_worker_released()->set_worker_id(Worker(0));
+  EXPECT_EQ(Apply(release).rejected, 1u);
+  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(0)).phase(), pb::WorkerState::PHASE_ACTIVE);
+  release.mutable_worker_released()->set_worker_id("nobody");
+  EXPECT_EQ(Apply(release).rejected, 1u);
+}
+
+pb::LogRecord Tick(uint64_t unix_ms) {
+  pb::LogRecord record;
+  record.mutable_tick()->set_unix_ms(unix_ms);
+  return record;
+}
+
+pb::LogRecord Expired(const std::string& session, uint64_t since) {
+  pb::LogRecord record;
+  record.mutable_placement_expired()->set_session_id(session);
+  record.mutable_placement_expired()->set_waiting_since_unix_ms(since);
+  return record;
+}
+
+TEST_F(ApplierTest, SessionThatCannotBePlacedFailsAfterThePlacementTimeout) {
+  Open(ApplierOptions{.placement_timeout_ms = 5'000});
+  const std::string s = Session(21);
+  Register(0);
+  Apply(Tick(100'000));
+  Apply(AdmitRecord(s, 2));
+  Assign(s, 0, 0);  // one of two replicas placed; no second worker
+  EXPECT_EQ(State(s).waiting_since_unix_ms(), 100'000u);
+  // Too early by the applier's clock: a proposal changes nothing.
+  Apply(Tick(104'999));
+  EXPECT_EQ(Apply(Expired(s, 100'000)).rejected, 1u);
+  Apply(Tick(105'000));
+  // A proposal about an earlier wait (stale) changes nothing either.
+  EXPECT_EQ(Apply(Expired(s, 99'000)).rejected, 1u);
+  Effects effects = Apply(Expired(s, 100'000));
+  EXPECT_EQ(effects.rejected, 0u);
+  EXPECT_EQ(effects.placement_timeouts, 1u);
+  EXPECT_THAT(effects.aborted, ElementsAre(std::make_pair(Worker(0), s)));
+  pb::SessionState state = State(s);
+  EXPECT_EQ(state.phase(), pb::SESSION_PHASE_FAILED);
+  EXPECT_THAT(state.failure(), ::testing::HasSubstr("placement timeout: 1 of 2 replicas placed"));
+  // The worker's slot is free again, and the failed session takes no more records.
+  EXPECT_EQ(Read<pb::WorkerState>(kWorkers, Worker(0)).replicas_size(), 0);
+  EXPECT_EQ(Apply(Expired(s, 100'000)).rejected, 1u);
+  EXPECT_EQ(applier_->phases().failed(), 1u);
+  EXPECT_EQ(applier_->phases().waiting(), 0u);
+}
+
+TEST_F(ApplierTest, ReplacedReplicaRestartsThePlacementWait) {
+  Open(ApplierOptions{.placement_timeout_ms = 5'000});
+  const std::string s = Session(22);
+  Apply(Tick(1'000));
+  Start(s, 1);
+  EXPECT_EQ(State(s).phase(), pb::SESSION_PHASE_RUNNING);
+  Apply(Tick(50'000));
+  pb::LogRecord lost;
+  lost.mutable_worker_lost()->set_worker_id(Worker(0));
+  Apply(lost);
+  EXPECT_EQ(State(s).phase(), pb::SESSION_PHASE_WAITING);
+  EXPECT_EQ(State(s).waiting_since_unix_ms(), 50'000u);
+  Apply(Tick(54'000));
+  EXPECT_EQ(Apply(Expired(s, 50'000)).rejected, 1u);  // waiting 4 s, not 5
+  // With the timeout disabled nothing ever expires.
+  Open(ApplierOptions{.placement_timeout_ms = 0});
+  Apply(Tick(90'000));
+  EXPECT_EQ(Apply(Expired(s, 50'000)).rejected, 1u);
+}
+
 TEST_F(ApplierTest, ReplayingReplicaThatDiffersInsideThePrefixIsRolledBackThere) {
   const std::string s = Session(13);
   Start(s, 3);

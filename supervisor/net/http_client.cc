@@ -1,5 +1,5 @@
 // HttpClient; see http_client.h.
-#include "supervisor/bench/http_client.h"
+#include "supervisor/net/http_client.h"
 
 #include <boost/asio/connect.hpp>
 #include <boost/beast/core.hpp>
@@ -40,7 +40,7 @@ Status HttpClient::Connect() {
 }
 
 StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string& target,
-                                           const std::string& body) {
+                                           const std::string& body, const HttpHeaders& headers) {
   // Only a request that is safe to repeat is resent after a failure: a POST may have reached the
   // server before the connection broke, and resending it could submit a session twice. So a
   // non-idempotent request goes on a fresh connection, which the server cannot have closed
@@ -52,6 +52,7 @@ StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string&
     http::request<http::string_body> request{method, target, 11};
     request.set(http::field::host, host_);
     request.keep_alive(true);
+    for (const auto& [name, value] : headers) request.set(name, value);
     if (!body.empty()) {
       request.set(http::field::content_type, "application/json");
       request.body() = body;

@@ -1,6 +1,6 @@
 // Tests for the tokenizers: byte-level round trips, a real SentencePiece model trained here
 // with libsentencepiece's trainer, raw id parsing, and the folder lookup.
-#include "node/tokenizer/tokenizer.h"
+#include "common/tokenizer/tokenizer.h"
 
 #include <filesystem>
 #include <fstream>
@@ -9,14 +9,23 @@
 #include <gtest/gtest.h>
 #include <sentencepiece_trainer.h>
 
-#include "node/model/mapped_file.h"
+#include "common/base/bytes.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
 
-namespace fp::node {
+namespace fp::tokenizer {
 namespace {
 
 using ::fp::testing::StatusIs;
+
+// Writes a whole test file.
+Status WriteTestFile(const std::string& path, ByteSpan bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()),
+            static_cast<std::streamsize>(bytes.size()));
+  out.close();
+  return out ? OkStatus() : UnavailableError("cannot write " + path);
+}
 
 class TokenizerTest : public ::testing::Test {
  protected:
@@ -54,7 +63,7 @@ TEST_F(TokenizerTest, ByteTokenizerLoadsFromFolder) {
   testing::TempDir dir;
   ByteTokenizer t(260, 256, 257);
   std::string json = t.ToJson();
-  ASSERT_OK(WriteFileAtomically(dir.Join(kByteTokenizerFile), AsBytes(json)));
+  ASSERT_OK(WriteTestFile(dir.Join(kByteTokenizerFile), AsBytes(json)));
   ASSERT_OK_AND_ASSIGN(auto loaded, LoadTokenizer(dir.path().string(), 260));
   EXPECT_EQ(loaded->vocab_size(), 260);
   EXPECT_EQ(loaded->bos_id(), 256);
@@ -80,7 +89,7 @@ TEST_F(TokenizerTest, SentencePieceTakesPrecedenceOverByteFile) {
   testing::TempDir dir;
   TrainSentencePiece(dir.path().string(), 80);
   std::string json = ByteTokenizer(260, 256, 257).ToJson();
-  ASSERT_OK(WriteFileAtomically(dir.Join(kByteTokenizerFile), AsBytes(json)));
+  ASSERT_OK(WriteTestFile(dir.Join(kByteTokenizerFile), AsBytes(json)));
   ASSERT_OK_AND_ASSIGN(auto t, LoadTokenizer(dir.path().string(), 260));
   EXPECT_EQ(t->vocab_size(), 80);
 }
@@ -116,11 +125,11 @@ TEST_F(TokenizerTest, FolderWithoutTokenizerIsNotFound) {
 
 TEST_F(TokenizerTest, MalformedFilesAreRejected) {
   testing::TempDir dir;
-  ASSERT_OK(WriteFileAtomically(dir.Join(kByteTokenizerFile),
-                                AsBytes(R"({"type":"byte","vocab_size":260,"bos_token_id":3,)"
-                                        R"("eos_token_id":257})")));
+  ASSERT_OK(WriteTestFile(dir.Join(kByteTokenizerFile),
+                          AsBytes(R"({"type":"byte","vocab_size":260,"bos_token_id":3,)"
+                                  R"("eos_token_id":257})")));
   EXPECT_THAT(LoadTokenizer(dir.path().string(), 260), StatusIs(StatusCode::kInvalidArgument));
-  ASSERT_OK(WriteFileAtomically(dir.Join("tokenizer.model"), AsBytes("not a model")));
+  ASSERT_OK(WriteTestFile(dir.Join("tokenizer.model"), AsBytes("not a model")));
   EXPECT_THAT(LoadTokenizer(dir.path().string(), 260), StatusIs(StatusCode::kInvalidArgument));
 }
 
@@ -131,4 +140,4 @@ TEST_F(TokenizerTest, TokenizerLargerThanModelIsRejected) {
 }
 
 }  // namespace
-}  // namespace fp::node
+}  // namespace fp::tokenizer

@@ -1,22 +1,38 @@
 // Byte-level and SentencePiece tokenizers; see tokenizer.h.
-#include "node/tokenizer/tokenizer.h"
+#include "common/tokenizer/tokenizer.h"
 
 #include <charconv>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 
 #include <boost/json.hpp>
 #include <dlfcn.h>
 
-#include "node/model/mapped_file.h"
-#include "node/tokenizer/internal/sentencepiece_shim.h"
+#include "common/tokenizer/internal/sentencepiece_shim.h"
 
-namespace fp::node {
+namespace fp::tokenizer {
 namespace json = boost::json;
 namespace {
 
 constexpr int32_t kBytes = 256;
 constexpr size_t kErrorBytes = 512;
+
+// The whole file at `path`: NotFound when absent, InvalidArgument when larger than `max_bytes`.
+StatusOr<std::string> ReadFileToString(const std::string& path, size_t max_bytes) {
+  std::error_code error;
+  const uintmax_t size = std::filesystem::file_size(path, error);
+  if (error) return NotFoundError("cannot read " + path + ": " + error.message());
+  if (size > max_bytes) {
+    return InvalidArgumentError(path + " is larger than " + std::to_string(max_bytes) + " bytes");
+  }
+  std::ifstream file(path, std::ios::binary);
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (!file) return UnavailableError("cannot read " + path);
+  return text.str();
+}
 
 // The shim (internal/sentencepiece_shim.h), loaded once per process and never unloaded.
 struct SentencePieceLibrary {
@@ -252,4 +268,4 @@ StatusOr<std::vector<int32_t>> ParseTokenIds(std::string_view text, int32_t voca
   return ids;
 }
 
-}  // namespace fp::node
+}  // namespace fp::tokenizer

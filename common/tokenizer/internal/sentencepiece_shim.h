@@ -1,4 +1,4 @@
-// The C interface of libfp_sentencepiece.so, the shim through which the worker uses
+// The C interface of libfp_sentencepiece.so, the shim through which fieldprint uses
 // libsentencepiece.
 //
 // Why a shim: Debian's libsentencepiece.so.0 carries its own copy of the protobuf runtime and
@@ -37,7 +37,7 @@ typedef int64_t (*FpSpmDecodeFn)(const void* processor, const int32_t* ids, size
 
 }  // extern "C"
 
-namespace fp::node::internal {
+namespace fp::tokenizer::internal {
 
 // The shim's file name and its exported symbols.
 inline constexpr char kSentencePieceShimFile[] = "libfp_sentencepiece.so";
@@ -49,4 +49,4 @@ inline constexpr char kSpmEosId[] = "fp_spm_eos_id";
 inline constexpr char kSpmEncode[] = "fp_spm_encode";
 inline constexpr char kSpmDecode[] = "fp_spm_decode";
 
-}  // namespace fp::node::internal
+}  // namespace fp::tokenizer::internal

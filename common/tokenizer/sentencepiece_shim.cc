@@ -1,7 +1,7 @@
 // libfp_sentencepiece.so: the C shim over libsentencepiece; see
 // internal/sentencepiece_shim.h for why it exists and its contract. Exceptions (only
 // std::bad_alloc can arise) are caught here and turned into error returns.
-#include "node/tokenizer/internal/sentencepiece_shim.h"
+#include "common/tokenizer/internal/sentencepiece_shim.h"
 
 #include <algorithm>
 #include <cstring>

@@ -1,4 +1,5 @@
-// Tokenizers: text <-> token ids for the models the worker serves.
+// Tokenizers: text <-> token ids for the models fieldprint serves (the worker's CLI prompts and
+// the supervisor's text completions; both sides share this code, so they agree on the ids).
 //
 //   - ByteTokenizer: one id per byte (0..255) plus special ids (BOS, EOS) above them; the tiny
 //     models of `fieldprint model mk-tiny` use it (declared in DIR/fieldprint_tokenizer.json).
@@ -22,7 +23,7 @@
 
 #include "common/base/status.h"
 
-namespace fp::node {
+namespace fp::tokenizer {
 
 inline constexpr size_t kMaxPromptBytes = 16 << 20;
 inline constexpr size_t kMaxTokenizerFileBytes = 64 << 20;
@@ -79,4 +80,4 @@ StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceTokenizer(const std::strin
 // number or an id outside [0, vocab_size).
 StatusOr<std::vector<int32_t>> ParseTokenIds(std::string_view text, int32_t vocab_size);
 
-}  // namespace fp::node
+}  // namespace fp::tokenizer

@@ -1,5 +1,6 @@
-// A small synchronous HTTP/1.1 client (Boost.Beast) with keep-alive, for benchmarks and tests of
-// the supervisor's API.
+// A small synchronous HTTP/1.1 client (Boost.Beast) with keep-alive, for the supervisor's API: the
+// user commands (supervisor/client), the operator commands (`supervisor release-worker`), the
+// benchmarks and tests.
 //
 // Thread-safety: one HttpClient per thread.
 #pragma once
@@ -8,6 +9,8 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
@@ -19,6 +22,9 @@ namespace fp::supervisor {
 
 // Largest response body the client reads.
 inline constexpr size_t kMaxClientBodyBytes = size_t{64} << 20;
+
+// Extra request headers (name, value), e.g. Authorization or Idempotency-Key.
+using HttpHeaders = std::vector<std::pair<std::string, std::string>>;
 
 struct HttpResponse {
   unsigned status = 0;
@@ -38,7 +44,7 @@ class HttpClient {
   // if the server had closed it; other methods always use a fresh connection and are never
   // resent. Unavailable or DeadlineExceeded on network errors.
   StatusOr<HttpResponse> Request(boost::beast::http::verb method, const std::string& target,
-                                 const std::string& body = "");
+                                 const std::string& body = "", const HttpHeaders& headers = {});
 
  private:
   Status Connect();
