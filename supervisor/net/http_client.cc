@@ -1,7 +1,6 @@
 // HttpClient; see http_client.h.
 #include "supervisor/net/http_client.h"
 
-#include <boost/asio/connect.hpp>
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
 #include <fmt/format.h>
@@ -22,17 +21,44 @@ HttpClient::~HttpClient() {
   }
 }
 
+void HttpClient::RunIo() {
+  io_.restart();
+  io_.run();
+}
+
 Status HttpClient::Connect() {
   stream_.emplace(io_);
-  beast::error_code error;
+  // Name resolution has no stream to carry a deadline, so it runs under run_for and is cancelled
+  // (and drained) when the deadline passes.
   tcp::resolver resolver(io_);
-  auto endpoints = resolver.resolve(host_, std::to_string(port_), error);
+  tcp::resolver::results_type endpoints;
+  beast::error_code error;
+  bool resolved = false;
+  resolver.async_resolve(host_, std::to_string(port_),
+                         [&](beast::error_code e, tcp::resolver::results_type results) {
+                           error = e;
+                           endpoints = std::move(results);
+                           resolved = true;
+                         });
+  io_.restart();
+  io_.run_for(timeout_);
+  if (!resolved) {
+    resolver.cancel();
+    RunIo();
+    stream_.reset();
+    return DeadlineExceededError(fmt::format("resolve {}: timed out", host_));
+  }
   if (!error) {
     stream_->expires_after(timeout_);
-    stream_->connect(endpoints, error);
+    stream_->async_connect(endpoints,
+                           [&](beast::error_code e, const tcp::endpoint&) { error = e; });
+    RunIo();
   }
   if (error) {
     stream_.reset();
+    if (error == beast::error::timeout) {
+      return DeadlineExceededError(fmt::format("connect {}:{}: timed out", host_, port_));
+    }
     return UnavailableError(fmt::format("connect {}:{}: {}", host_, port_, error.message()));
   }
   stream_->socket().set_option(tcp::no_delay(true), error);
@@ -59,12 +85,18 @@ StatusOr<HttpResponse> HttpClient::Request(http::verb method, const std::string&
     }
     request.prepare_payload();
     beast::error_code error;
+    // One deadline covers writing the request and reading the whole response. The operations are
+    // asynchronous because a tcp_stream's deadline applies to asynchronous operations only.
     stream_->expires_after(timeout_);
-    http::write(*stream_, request, error);
+    http::async_write(*stream_, request, [&](beast::error_code e, size_t) { error = e; });
+    RunIo();
     beast::flat_buffer buffer;
     http::response_parser<http::string_body> parser;
     parser.body_limit(kMaxClientBodyBytes);
-    if (!error) http::read(*stream_, buffer, parser, error);
+    if (!error) {
+      http::async_read(*stream_, buffer, parser, [&](beast::error_code e, size_t) { error = e; });
+      RunIo();
+    }
     if (error) {
       stream_.reset();
       // A kept-alive connection the server closed fails at once: retry once on a fresh one.

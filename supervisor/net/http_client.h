@@ -1,6 +1,7 @@
-// A small synchronous HTTP/1.1 client (Boost.Beast) with keep-alive, for the supervisor's API: the
+// A small blocking HTTP/1.1 client (Boost.Beast) with keep-alive, for the supervisor's API: the
 // user commands (supervisor/client), the operator commands (`supervisor release-worker`), the
-// benchmarks and tests.
+// benchmarks and tests. Every call is bounded by the client's timeout: resolving and connecting
+// each get one, and writing a request plus reading its response share one.
 //
 // Thread-safety: one HttpClient per thread.
 #pragma once
@@ -42,12 +43,14 @@ class HttpClient {
 
   // One request. GET and HEAD use the kept-alive connection and are resent once on a fresh one
   // if the server had closed it; other methods always use a fresh connection and are never
-  // resent. Unavailable or DeadlineExceeded on network errors.
+  // resent. DeadlineExceeded when the timeout passes, Unavailable on other network errors.
   StatusOr<HttpResponse> Request(boost::beast::http::verb method, const std::string& target,
                                  const std::string& body = "", const HttpHeaders& headers = {});
 
  private:
   Status Connect();
+  // Runs the pending asynchronous operations to completion (each is bounded by a deadline).
+  void RunIo();
 
   std::string host_;
   uint16_t port_;
