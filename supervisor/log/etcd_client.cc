@@ -480,14 +480,20 @@ StatusOr<std::unique_ptr<Client>> Client::Create(const ClientOptions& options) {
   if (options.request_timeout <= std::chrono::milliseconds::zero()) {
     return InvalidArgumentError("etcd client: request_timeout must be positive");
   }
+  if (options.max_txn_ops < 1 || options.max_txn_ops > kMaxTxnOpsLimit) {
+    return InvalidArgumentError(
+        fmt::format("etcd client: max_txn_ops must be in 1..{}", kMaxTxnOpsLimit));
+  }
   std::unique_ptr<asio::ssl::context> tls;
   if (options.tls.has_value()) {
     FP_ASSIGN_OR_RETURN(tls, wire::MakeClientTlsContext(*options.tls));
   }
-  return std::unique_ptr<Client>(new Client(std::make_unique<Transport>(options, std::move(tls))));
+  return std::unique_ptr<Client>(
+      new Client(std::make_unique<Transport>(options, std::move(tls)), options.max_txn_ops));
 }
 
-Client::Client(std::unique_ptr<Transport> transport) : transport_(std::move(transport)) {}
+Client::Client(std::unique_ptr<Transport> transport, size_t max_txn_ops)
+    : transport_(std::move(transport)), max_txn_ops_(max_txn_ops) {}
 Client::~Client() = default;
 
 std::string Client::current_endpoint() const { return transport_->current_endpoint(); }
@@ -511,9 +517,9 @@ StatusOr<RangeResponse> Client::Range(const RangeRequest& request) {
 
 StatusOr<TxnResponse> Client::Txn(const TxnRequest& request,
                                   std::optional<std::chrono::milliseconds> timeout) {
-  if (request.compares.size() > kMaxTxnOps || request.success.size() > kMaxTxnOps ||
-      request.failure.size() > kMaxTxnOps) {
-    return InvalidArgumentError(fmt::format("etcd txn: more than {} operations", kMaxTxnOps));
+  if (request.compares.size() > max_txn_ops_ || request.success.size() > max_txn_ops_ ||
+      request.failure.size() > max_txn_ops_) {
+    return InvalidArgumentError(fmt::format("etcd txn: more than {} operations", max_txn_ops_));
   }
   FP_ASSIGN_OR_RETURN(std::string body, Post("/v3/kv/txn", internal::EncodeTxn(request), timeout));
   return WithContext(internal::DecodeTxn(body, request), "etcd /v3/kv/txn");

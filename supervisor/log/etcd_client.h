@@ -45,8 +45,10 @@ namespace fp::supervisor::etcd {
 // applies to the decoded request and usually bites first.
 inline constexpr size_t kMaxEtcdRequestBytes = size_t{8} << 20;
 inline constexpr size_t kMaxEtcdEndpoints = 16;
-// Operations in one Txn branch and compares: etcd's --max-txn-ops default.
+// Operations in one Txn branch and compares: etcd's --max-txn-ops default, and the client's
+// unless ClientOptions::max_txn_ops says the cluster allows more (up to kMaxTxnOpsLimit).
 inline constexpr size_t kMaxTxnOps = 128;
+inline constexpr size_t kMaxTxnOpsLimit = 4096;
 
 struct Endpoint {
   std::string host;
@@ -58,6 +60,8 @@ struct ClientOptions {
   // mTLS (TLS 1.3, client certificate) when set, plain HTTP otherwise.
   std::optional<wire::TlsFiles> tls;
   std::chrono::milliseconds request_timeout{2000};
+  // The cluster's --max-txn-ops: 1..kMaxTxnOpsLimit. Larger txns carry larger append groups.
+  size_t max_txn_ops = kMaxTxnOps;
   size_t max_response_bytes = size_t{64} << 20;
 };
 
@@ -112,9 +116,9 @@ struct TxnOpResult {
 };
 
 struct TxnRequest {
-  std::vector<Compare> compares;  // at most kMaxTxnOps
-  std::vector<TxnOp> success;     // at most kMaxTxnOps
-  std::vector<TxnOp> failure;     // at most kMaxTxnOps
+  std::vector<Compare> compares;  // at most ClientOptions::max_txn_ops
+  std::vector<TxnOp> success;     // at most ClientOptions::max_txn_ops
+  std::vector<TxnOp> failure;     // at most ClientOptions::max_txn_ops
 };
 
 struct TxnResponse {
@@ -151,9 +155,9 @@ class Client {
   Client& operator=(const Client&) = delete;
 
   StatusOr<RangeResponse> Range(const RangeRequest& request);
-  // InvalidArgument (without sending) when a list exceeds kMaxTxnOps. `timeout`, when set and
-  // shorter than the client's request_timeout, bounds this request instead (a caller whose own
-  // deadline is closer).
+  // InvalidArgument (without sending) when a list exceeds the client's max_txn_ops. `timeout`, when
+  // set and shorter than the client's request_timeout, bounds this request instead (a caller whose
+  // own deadline is closer).
   StatusOr<TxnResponse> Txn(const TxnRequest& request,
                             std::optional<std::chrono::milliseconds> timeout);
   // The number of keys deleted.
@@ -174,12 +178,13 @@ class Client {
 
  private:
   class Transport;
-  explicit Client(std::unique_ptr<Transport> transport);
+  Client(std::unique_ptr<Transport> transport, size_t max_txn_ops);
   // POSTs `body` to `path` and returns the response body of a 200 reply; maps gateway errors.
   StatusOr<std::string> Post(const std::string& path, const std::string& body,
                              std::optional<std::chrono::milliseconds> timeout = std::nullopt);
 
   std::unique_ptr<Transport> transport_;
+  const size_t max_txn_ops_;
 };
 
 }  // namespace fp::supervisor::etcd

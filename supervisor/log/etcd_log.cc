@@ -35,6 +35,28 @@ StatusOr<uint64_t> ParseBe64(std::string_view bytes, std::string_view what) {
   return LoadU64(reinterpret_cast<const uint8_t*>(bytes.data()));
 }
 
+// The position of log key `key` (prefix "<prefix>/log/" of `prefix_size` bytes), or DataLoss.
+StatusOr<uint64_t> ParseLogKey(std::string_view key, size_t prefix_size) {
+  const std::string_view hex = key.substr(std::min(key.size(), prefix_size));
+  uint64_t position = 0;
+  auto [ptr, error] = std::from_chars(hex.data(), hex.data() + hex.size(), position, 16);
+  if (hex.size() != 16 || error != std::errc() || ptr != hex.data() + hex.size()) {
+    return DataLossError(fmt::format("etcd log: key \"{}\" is not a log position", key));
+  }
+  return position;
+}
+
+// A range of the last log key, as Open and a failed append's txn read the end.
+etcd::RangeRequest LastLogKey(const std::string& prefix) {
+  etcd::RangeRequest last;
+  last.key = prefix + "/log/";
+  last.range_end = etcd::PrefixEnd(last.key);
+  last.limit = 1;
+  last.descending = true;
+  last.keys_only = true;
+  return last;
+}
+
 bool Retryable(StatusCode code) {
   return code == StatusCode::kUnavailable || code == StatusCode::kDeadlineExceeded ||
          code == StatusCode::kInternal || code == StatusCode::kUnknown ||
@@ -52,6 +74,7 @@ struct EtcdLog::Group {
   std::vector<Pending*> live;  // not yet completed, in queue order
   bool sent = false;           // a txn carrying them may have been applied
   int attempts = 0;
+  uint64_t end = 0;  // after kLost: the end etcd reported
   Status last_error = UnavailableError("no txn sent");
 };
 
@@ -59,62 +82,75 @@ StatusOr<std::unique_ptr<EtcdLog>> OpenEtcdLog(const EtcdLogOptions& options) {
   if (options.prefix.empty() || options.prefix.back() == '/') {
     return InvalidArgumentError("etcd log: prefix must be non-empty without a trailing '/'");
   }
-  if (options.max_txn_records < 1 || 2 * options.max_txn_records + 2 > etcd::kMaxTxnOps) {
+  const size_t max_ops = options.client.max_txn_ops;
+  if (options.max_txn_records < 1 || 2 * options.max_txn_records + 2 > max_ops) {
     return InvalidArgumentError(
-        fmt::format("etcd log: max_txn_records must be in 1..{}", (etcd::kMaxTxnOps - 2) / 2));
+        fmt::format("etcd log: max_txn_records must be in 1..{} (the client's max_txn_ops is {})",
+                    max_ops < 4 ? 0 : (max_ops - 2) / 2, max_ops));
   }
   if (options.append_timeout <= std::chrono::milliseconds::zero() ||
       options.poll_interval <= std::chrono::milliseconds::zero()) {
     return InvalidArgumentError("etcd log: timeouts must be positive");
   }
-  FP_ASSIGN_OR_RETURN(std::unique_ptr<etcd::Client> writer, etcd::Client::Create(options.client));
+  if (options.max_txns_in_flight < 1 || options.max_txns_in_flight > kMaxEtcdTxnsInFlight) {
+    return InvalidArgumentError(
+        fmt::format("etcd log: max_txns_in_flight must be in 1..{}", kMaxEtcdTxnsInFlight));
+  }
+  std::vector<std::unique_ptr<etcd::Client>> writers;
+  for (size_t i = 0; i < options.max_txns_in_flight; ++i) {
+    FP_ASSIGN_OR_RETURN(writers.emplace_back(), etcd::Client::Create(options.client));
+  }
   FP_ASSIGN_OR_RETURN(std::unique_ptr<etcd::Client> poller, etcd::Client::Create(options.client));
   FP_ASSIGN_OR_RETURN(std::unique_ptr<etcd::Client> reader, etcd::Client::Create(options.client));
-  // The end is read like a failed append's txn reads it: the last log key, else meta/trimmed.
-  const std::string log_prefix = options.prefix + "/log/";
-  etcd::RangeRequest last;
-  last.key = log_prefix;
-  last.range_end = etcd::PrefixEnd(log_prefix);
-  last.limit = 1;
-  last.descending = true;
-  last.keys_only = true;
-  StatusOr<etcd::RangeResponse> found = writer->Range(last);
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<etcd::Client> trimmer, etcd::Client::Create(options.client));
+  // The end and the trim point in one snapshot (a txn without compares runs its success ops).
+  etcd::TxnRequest snapshot;
+  snapshot.success.push_back({TxnOp::Kind::kRange, "", "", 0, LastLogKey(options.prefix), ""});
+  etcd::RangeRequest trim;
+  trim.key = options.prefix + "/meta/trimmed";
+  snapshot.success.push_back({TxnOp::Kind::kRange, "", "", 0, trim, ""});
+  StatusOr<etcd::TxnResponse> found = writers[0]->Txn(snapshot, std::nullopt);
   // One failed member must not fail the open: the client moved on to the next endpoint.
   for (size_t i = 1;
        i < options.client.endpoints.size() && !found.ok() && Retryable(found.status().code());
        ++i) {
-    found = writer->Range(last);
+    found = writers[0]->Txn(snapshot, std::nullopt);
   }
   FP_RETURN_IF_ERROR(found.status().WithContext("etcd log: read the end"));
   uint64_t end = 0;
-  if (!found->kvs.empty()) {
-    const std::string& key = found->kvs[0].key;
-    const std::string_view hex = std::string_view(key).substr(log_prefix.size());
-    uint64_t position = 0;
-    auto [ptr, error] = std::from_chars(hex.data(), hex.data() + hex.size(), position, 16);
-    if (hex.size() != 16 || error != std::errc() || ptr != hex.data() + hex.size()) {
-      return DataLossError(fmt::format("etcd log: key \"{}\" is not a log position", key));
-    }
-    end = position + 1;
+  uint64_t begin = 0;
+  if (!found->results[0].range.kvs.empty()) {
+    FP_ASSIGN_OR_RETURN(uint64_t last,
+                        ParseLogKey(found->results[0].range.kvs[0].key, options.prefix.size() + 5));
+    end = last + 1;
   }
-  return std::unique_ptr<EtcdLog>(
-      new EtcdLog(options, std::move(writer), std::move(poller), std::move(reader), end));
+  if (!found->results[1].range.kvs.empty()) {
+    FP_ASSIGN_OR_RETURN(begin, ParseBe64(found->results[1].range.kvs[0].value, "meta/trimmed"));
+    if (begin >= end) return DataLossError("etcd log: trimmed, but no record is left");
+  }
+  return std::unique_ptr<EtcdLog>(new EtcdLog(options, std::move(writers), std::move(poller),
+                                              std::move(reader), std::move(trimmer), begin, end));
 }
 
-EtcdLog::EtcdLog(const EtcdLogOptions& options, std::unique_ptr<etcd::Client> writer,
+EtcdLog::EtcdLog(const EtcdLogOptions& options, std::vector<std::unique_ptr<etcd::Client>> writers,
                  std::unique_ptr<etcd::Client> poller, std::unique_ptr<etcd::Client> reader,
-                 uint64_t end)
+                 std::unique_ptr<etcd::Client> trimmer, uint64_t begin, uint64_t end)
     : options_(options),
-      writer_client_(std::move(writer)),
+      writer_clients_(std::move(writers)),
       poller_client_(std::move(poller)),
       reader_client_(std::move(reader)),
+      trim_client_(std::move(trimmer)),
       end_(end),
-      next_position_(end) {
+      begin_(begin),
+      claim_(end),
+      known_end_(end) {
   FP_CHECK(RAND_bytes(nonce_.data(), static_cast<int>(nonce_.size())) == 1);
-  writer_ = std::thread([this] {
-    pthread_setname_np(pthread_self(), "fp-etcd-writer");
-    WriterLoop();
-  });
+  for (const std::unique_ptr<etcd::Client>& client : writer_clients_) {
+    writers_.emplace_back([this, &client] {
+      pthread_setname_np(pthread_self(), "fp-etcd-writer");
+      WriterLoop(*client);
+    });
+  }
   poller_ = std::thread([this] {
     pthread_setname_np(pthread_self(), "fp-etcd-poller");
     PollLoop();
@@ -128,10 +164,12 @@ void EtcdLog::Close() {
     std::lock_guard lock(mutex_);
     closing_ = true;
   }
-  work_.notify_one();
+  work_.notify_all();
   poll_wake_.notify_one();
   grown_.notify_all();
-  if (writer_.joinable()) writer_.join();
+  for (std::thread& writer : writers_) {
+    if (writer.joinable()) writer.join();
+  }
   if (poller_.joinable()) poller_.join();
 }
 
@@ -190,13 +228,16 @@ void EtcdLog::Append(pb::LogRecord record, AppendCallback done) {
   if (was_empty) work_.notify_one();
 }
 
-void EtcdLog::WriterLoop() {
+void EtcdLog::WriterLoop(etcd::Client& client) {
   std::vector<Pending> group;
   while (true) {
     std::vector<std::pair<AppendCallback, Status>> rejected;
+    uint64_t q = 0;
+    bool more = false;
     {
       std::unique_lock lock(mutex_);
-      work_.wait(lock, [&] { return !queue_.empty() || closing_; });
+      work_.wait(lock,
+                 [&] { return (!queue_.empty() && !stalled_) || (closing_ && queue_.empty()); });
       if (queue_.empty()) return;                     // closing and drained
       std::unordered_map<std::string, size_t> keyed;  // idem key -> index in group
       size_t bytes = 0;
@@ -221,16 +262,28 @@ void EtcdLog::WriterLoop() {
         keyed.emplace(pending.idem_key, group.size());
         group.push_back(std::move(pending));
       }
+      q = claim_;
+      claim_ += group.size();
+      ++in_flight_;
+      claims_.insert(q);
+      stats_.max_in_flight = std::max<uint64_t>(stats_.max_in_flight, in_flight_);
+      more = !queue_.empty();
     }
+    if (more) work_.notify_one();  // another writer takes the rest: the pipeline fills
     for (auto& [done, status] : rejected) done(status);
-    CommitGroup(group);
+    if (!group.empty()) CommitGroup(group, client, q);
     group.clear();
   }
 }
 
-void EtcdLog::CommitGroup(std::vector<Pending>& pending) {
+void EtcdLog::CommitGroup(std::vector<Pending>& pending, etcd::Client& client, uint64_t q) {
+  FP_CHECK(!pending.empty());
+  const uint64_t claimed_first = q;
+  const uint64_t claimed_end = q + pending.size();
   Group group;
   for (Pending& p : pending) group.live.push_back(&p);
+  bool alone = false;  // in a recovery: the only txn in flight
+  bool lost = false;
   while (!group.live.empty()) {
     const SteadyClock::time_point now = SteadyClock::now();
     std::vector<Pending*> expired;
@@ -245,14 +298,75 @@ void EtcdLog::CommitGroup(std::vector<Pending>& pending) {
                       options_.append_timeout.count(), group.last_error.ToString());
       p->Complete(group.sent ? DeadlineExceededError(message) : UnavailableError(message));
     }
-    if (group.live.empty()) return;
+    if (group.live.empty()) break;
     if (group.attempts >= kMaxEtcdAppendAttempts) {
       FailGroup(group, UnavailableError(fmt::format("etcd log: no position after {} txns ({})",
                                                     group.attempts, group.last_error.ToString())));
-      return;
+      break;
     }
-    if (!TryTxn(group)) return;
+    const TxnOutcome outcome = TryTxn(group, client, q);
+    if (outcome == TxnOutcome::kFinished) break;
+    if (outcome == TxnOutcome::kResend) continue;
+    lost = true;
+    if (group.live.empty()) break;  // every record was already in the log
+    if (alone) {
+      q = group.end;  // nothing else of ours is in flight: the reported end is the end
+    } else if (group.end < q && AwaitPredecessors(q, group)) {
+      lost = false;  // overtook its predecessors, which have landed since: resend at q
+    } else {
+      q = EnterRecovery(q);
+      alone = true;
+    }
   }
+  if (alone) {
+    ExitRecovery();
+    return;
+  }
+  {
+    std::lock_guard lock(mutex_);
+    --in_flight_;
+    claims_.erase(claimed_first);
+    // Nothing was claimed after a lost txn: the next claim starts at the observed end, not at a
+    // hole that would fail the next txn too.
+    if (lost && claim_ == claimed_end) claim_ = known_end_;
+  }
+  settled_.notify_all();
+}
+
+bool EtcdLog::AwaitPredecessors(uint64_t q, const Group& group) {
+  SteadyClock::time_point earliest = SteadyClock::time_point::max();
+  for (const Pending* p : group.live) earliest = std::min(earliest, p->deadline);
+  std::unique_lock lock(mutex_);
+  // Our claims below q resolve one way or the other (the lowest never waits), so this ends.
+  settled_.wait_until(lock, earliest,
+                      [&] { return known_end_ >= q || claims_.empty() || *claims_.begin() >= q; });
+  if (known_end_ != q) return false;  // a predecessor failed, or another writer took q
+  ++stats_.overtakes;
+  return true;
+}
+
+uint64_t EtcdLog::EnterRecovery(uint64_t claimed_first) {
+  std::unique_lock lock(mutex_);
+  --in_flight_;
+  claims_.erase(claimed_first);
+  settled_.notify_all();
+  ++stats_.stalls;
+  settled_.wait(lock, [&] { return !recovering_; });
+  recovering_ = true;
+  stalled_ = true;
+  settled_.wait(lock, [&] { return in_flight_ == 0; });
+  return known_end_;
+}
+
+void EtcdLog::ExitRecovery() {
+  {
+    std::lock_guard lock(mutex_);
+    claim_ = known_end_;
+    stalled_ = false;
+    recovering_ = false;
+  }
+  settled_.notify_all();
+  work_.notify_all();
 }
 
 void EtcdLog::FailGroup(Group& group, const Status& status) {
@@ -267,9 +381,8 @@ void EtcdLog::FailGroup(Group& group, const Status& status) {
   group.live.clear();
 }
 
-bool EtcdLog::TryTxn(Group& group) {
+EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t q) {
   ++group.attempts;
-  const uint64_t q = next_position_;
   const size_t k = group.live.size();
   etcd::TxnRequest request;
   request.compares.push_back({LogKey(q), Compare::Target::kCreate, Compare::Result::kEqual, 0, ""});
@@ -280,13 +393,7 @@ bool EtcdLog::TryTxn(Group& group) {
     request.compares.push_back(
         {LogKey(q - 1), Compare::Target::kCreate, Compare::Result::kGreater, 0, ""});
   }
-  etcd::RangeRequest last;
-  last.key = options_.prefix + "/log/";
-  last.range_end = etcd::PrefixEnd(last.key);
-  last.limit = 1;
-  last.descending = true;
-  last.keys_only = true;
-  request.failure.push_back({TxnOp::Kind::kRange, "", "", 0, last, ""});
+  request.failure.push_back({TxnOp::Kind::kRange, "", "", 0, LastLogKey(options_.prefix), ""});
   etcd::RangeRequest trim;
   trim.key = TrimKey();
   request.failure.push_back({TxnOp::Kind::kRange, "", "", 0, trim, ""});
@@ -307,11 +414,11 @@ bool EtcdLog::TryTxn(Group& group) {
   const auto left =
       std::chrono::duration_cast<std::chrono::milliseconds>(earliest - SteadyClock::now());
   StatusOr<etcd::TxnResponse> response =
-      writer_client_->Txn(request, std::max(left, std::chrono::milliseconds(1)));
+      client.Txn(request, std::max(left, std::chrono::milliseconds(1)));
   if (!response.ok()) {
     if (!Retryable(response.status().code())) {
       FailGroup(group, response.status());
-      return false;
+      return TxnOutcome::kFinished;
     }
     // Indeterminate: resend the same txn (the next endpoint; the compares make it write once).
     group.sent = true;
@@ -322,39 +429,39 @@ bool EtcdLog::TryTxn(Group& group) {
     }
     const auto pause = std::min(kMaxRetryPause, std::chrono::milliseconds(5 * group.attempts));
     std::this_thread::sleep_until(std::min(earliest, SteadyClock::now() + pause));
-    return true;
+    return TxnOutcome::kResend;
   }
   if (response->succeeded) {
     Publish(q, group.live);
-    next_position_ = q + k;
     {
       std::lock_guard lock(mutex_);
       ++stats_.txns;
       stats_.records += k;
+      known_end_ = std::max(known_end_, q + k);
     }
+    settled_.notify_all();  // a successor that overtook this txn may resend now
     for (size_t i = 0; i < k; ++i) group.live[i]->Complete(q + i);
     group.live.clear();
-    return false;
+    return TxnOutcome::kFinished;
   }
   // The failure branch: the current end, then each record's stored idempotency entry, if any.
   const std::vector<etcd::TxnOpResult>& results = response->results;
   uint64_t end = 0;
   if (!results[0].range.kvs.empty()) {
-    const std::string_view key = results[0].range.kvs[0].key;
-    uint64_t position = 0;
-    const std::string_view hex = key.substr(std::min(key.size(), last.key.size()));
-    auto [ptr, error] = std::from_chars(hex.data(), hex.data() + hex.size(), position, 16);
-    if (hex.size() != 16 || error != std::errc() || ptr != hex.data() + hex.size()) {
-      FailGroup(group, DataLossError(fmt::format("etcd log: bad log key \"{}\"", key)));
-      return false;
+    StatusOr<uint64_t> last = ParseLogKey(results[0].range.kvs[0].key, options_.prefix.size() + 5);
+    if (!last.ok()) {
+      FailGroup(group, last.status());
+      return TxnOutcome::kFinished;
     }
-    end = position + 1;
+    end = *last + 1;
   } else if (!results[1].range.kvs.empty()) {
     FailGroup(group, DataLossError("etcd log: trimmed, but no record is left"));
-    return false;
+    return TxnOutcome::kFinished;
   }
   uint64_t duplicates = 0;
   std::vector<Pending*> still_live;
+  // Completed after the stats are updated, so that a caller who sees its ack also sees the count.
+  std::vector<std::pair<Pending*, StatusOr<uint64_t>>> completions;
   for (size_t i = 0; i < k; ++i) {
     Pending* p = group.live[i];
     const std::vector<etcd::KeyValue>& stored = results[2 + i].range.kvs;
@@ -365,25 +472,30 @@ bool EtcdLog::TryTxn(Group& group) {
     ++duplicates;
     const std::string& value = stored[0].value;
     if (value.size() != kIdemValueBytes) {
-      p->Complete(DataLossError("etcd log: idempotency entry is not 40 bytes"));
+      completions.emplace_back(p, DataLossError("etcd log: idempotency entry is not 40 bytes"));
       continue;
     }
     const uint64_t position = LoadU64(reinterpret_cast<const uint8_t*>(value.data()));
     if (value.compare(8, kHashSize, AsChars(p->hash)) == 0) {
-      p->Complete(position);
+      completions.emplace_back(p, position);
     } else {
-      p->Complete(FailedPreconditionError(
-          fmt::format("a different record with this idempotency key is at position {}", position)));
+      completions.emplace_back(
+          p, FailedPreconditionError(fmt::format(
+                 "a different record with this idempotency key is at position {}", position)));
     }
   }
   group.live = std::move(still_live);
+  group.end = end;
+  group.last_error =
+      AbortedError(fmt::format("etcd log: lost position {} (the end was {})", q, end));
   {
     std::lock_guard lock(mutex_);
     stats_.duplicates += duplicates;
     if (end != q) ++stats_.races_lost;
+    known_end_ = std::max(known_end_, end);
   }
-  next_position_ = end;
-  return true;
+  for (auto& [p, result] : completions) p->Complete(result);
+  return TxnOutcome::kLost;
 }
 
 void EtcdLog::Publish(uint64_t first, const std::vector<Pending*>& written) {
@@ -394,19 +506,34 @@ void EtcdLog::Publish(uint64_t first, const std::vector<Pending*>& written) {
   }
   {
     std::lock_guard lock(mutex_);
-    if (first != end_) return;  // the poller is behind or ahead; it fills in what is missing
+    if (first + written.size() <= end_) return;  // the poller was faster
+    if (first > end_) {
+      // A predecessor is still on its way; the poller fills in if it never comes.
+      ahead_[first] = std::move(entries);
+      if (ahead_.size() > kMaxEtcdTxnsInFlight) ahead_.erase(std::prev(ahead_.end()));
+      return;
+    }
     AddToCacheLocked(std::move(entries));
   }
   grown_.notify_all();
 }
 
 void EtcdLog::AddToCacheLocked(std::vector<LogEntry> entries) {
-  for (LogEntry& entry : entries) {
-    if (entry.position < end_) continue;  // already there (the writer published it)
-    FP_CHECK(entry.position == end_);
-    cache_bytes_ += entry.record.ByteSizeLong();
-    cache_.push_back(std::move(entry));
-    ++end_;
+  while (true) {
+    for (LogEntry& entry : entries) {
+      if (entry.position < end_) continue;  // already there (a writer published it)
+      FP_CHECK(entry.position == end_);
+      cache_bytes_ += entry.record.ByteSizeLong();
+      cache_.push_back(std::move(entry));
+      ++end_;
+    }
+    // Buffered groups wholly below the end are stale; the first one at or below it continues.
+    while (!ahead_.empty() && ahead_.begin()->first + ahead_.begin()->second.size() <= end_) {
+      ahead_.erase(ahead_.begin());
+    }
+    if (ahead_.empty() || ahead_.begin()->first > end_) break;
+    entries = std::move(ahead_.begin()->second);
+    ahead_.erase(ahead_.begin());
   }
   while (!cache_.empty() &&
          (cache_.size() > options_.max_cache_records || cache_bytes_ > options_.max_cache_bytes)) {
@@ -488,6 +615,7 @@ StatusOr<std::vector<LogEntry>> EtcdLog::ReadFromEtcd(etcd::Client& client, uint
   FP_ASSIGN_OR_RETURN(etcd::RangeResponse trimmed, client.Range(trim));
   if (!trimmed.kvs.empty()) {
     FP_ASSIGN_OR_RETURN(uint64_t first, ParseBe64(trimmed.kvs[0].value, "meta/trimmed"));
+    NoteTrimmed(first);
     if (from < first) {
       return OutOfRangeError(
           fmt::format("etcd log: position {} was trimmed (log starts at {})", from, first));
@@ -502,6 +630,10 @@ StatusOr<std::vector<LogEntry>> EtcdLog::Read(uint64_t from, size_t max_records)
   uint64_t count = 0;
   {
     std::lock_guard lock(mutex_);
+    if (from < begin_) {
+      return OutOfRangeError(
+          fmt::format("etcd log: position {} was trimmed (log starts at {})", from, begin_));
+    }
     if (from >= end_) return std::vector<LogEntry>();
     count = std::min<uint64_t>({max_records, kMaxEtcdReadRecords, end_ - from});
     const uint64_t cache_first = end_ - cache_.size();
@@ -524,6 +656,113 @@ StatusOr<std::vector<LogEntry>> EtcdLog::Read(uint64_t from, size_t max_records)
 uint64_t EtcdLog::End() const {
   std::lock_guard lock(mutex_);
   return end_;
+}
+
+uint64_t EtcdLog::Begin() const {
+  std::lock_guard lock(mutex_);
+  return begin_;
+}
+
+void EtcdLog::NoteTrimmed(uint64_t begin) const {
+  std::lock_guard lock(mutex_);
+  begin_ = std::max(begin_, begin);
+}
+
+StatusOr<uint64_t> EtcdLog::Trim(uint64_t below) {
+  std::lock_guard trim_lock(trim_mutex_);
+  etcd::Client& client = *trim_client_;
+  uint64_t begin = 0;
+  int64_t revision = 0;  // of the last deleting txn
+  for (int attempt = 0;; ++attempt) {
+    if (attempt == kMaxEtcdTrimAttempts) {
+      return AbortedError(fmt::format("etcd log: trim lost {} races to other trimmers", attempt));
+    }
+    // The trim point (with its mod_revision, for the swap) and the last record, in one snapshot.
+    etcd::TxnRequest snapshot;
+    etcd::RangeRequest trim;
+    trim.key = TrimKey();
+    snapshot.success.push_back({TxnOp::Kind::kRange, "", "", 0, trim, ""});
+    snapshot.success.push_back({TxnOp::Kind::kRange, "", "", 0, LastLogKey(options_.prefix), ""});
+    FP_ASSIGN_OR_RETURN(etcd::TxnResponse read, client.Txn(snapshot, std::nullopt));
+    int64_t trim_mod_revision = 0;
+    if (!read.results[0].range.kvs.empty()) {
+      const etcd::KeyValue& kv = read.results[0].range.kvs[0];
+      FP_ASSIGN_OR_RETURN(begin, ParseBe64(kv.value, "meta/trimmed"));
+      trim_mod_revision = kv.mod_revision;
+    }
+    if (read.results[1].range.kvs.empty()) break;  // an empty log: nothing to trim
+    FP_ASSIGN_OR_RETURN(uint64_t last,
+                        ParseLogKey(read.results[1].range.kvs[0].key, options_.prefix.size() + 5));
+    // The last record stays: the next append's compare needs its key.
+    const uint64_t target = std::min({below, last, begin + kMaxEtcdTrimRecords});
+    if (target <= begin) break;
+    etcd::TxnRequest cut;
+    cut.compares.push_back(
+        {TrimKey(), Compare::Target::kMod, Compare::Result::kEqual, trim_mod_revision, ""});
+    cut.compares.push_back(
+        {LogKey(target), Compare::Target::kCreate, Compare::Result::kGreater, 0, ""});
+    cut.success.push_back({TxnOp::Kind::kPut, TrimKey(), Be64(target), 0, {}, ""});
+    cut.success.push_back({TxnOp::Kind::kDelete, LogKey(begin), "", 0, {}, LogKey(target)});
+    FP_ASSIGN_OR_RETURN(etcd::TxnResponse done, client.Txn(cut, std::nullopt));
+    if (!done.succeeded) continue;  // another supervisor trimmed meanwhile: read again
+    begin = target;
+    revision = done.revision;
+    break;
+  }
+  NoteTrimmed(begin);
+  const uint64_t cut = begin - std::min(begin, options_.idem_window_records);
+  FP_ASSIGN_OR_RETURN(int64_t idem_revision, TrimIdempotencyEntries(cut));
+  revision = std::max(revision, idem_revision);
+  if (revision > 0) {
+    // History before the deletions still holds the deleted values; compaction drops it. Another
+    // supervisor may have compacted further already.
+    Status compacted = client.Compact(revision, false);
+    if (!compacted.ok() && compacted.code() != StatusCode::kOutOfRange) {
+      return compacted.WithContext("etcd log: compact after trim");
+    }
+  }
+  return begin;
+}
+
+StatusOr<int64_t> EtcdLog::TrimIdempotencyEntries(uint64_t cut) {
+  if (cut == 0) return int64_t{0};
+  etcd::Client& client = *trim_client_;
+  const std::string idem_prefix = options_.prefix + "/idem/";
+  // Admit entries ('A', hex "41") sort first and stay: the scan starts after them.
+  etcd::RangeRequest page;
+  page.key = idem_prefix + "42";
+  page.range_end = etcd::PrefixEnd(idem_prefix);
+  page.limit = kMaxEtcdRangeRecords;
+  int64_t revision = 0;
+  size_t scanned = 0;
+  while (scanned < kMaxEtcdTrimScannedEntries) {
+    FP_ASSIGN_OR_RETURN(etcd::RangeResponse entries, client.Range(page));
+    scanned += entries.kvs.size();
+    etcd::TxnRequest deletes;
+    auto flush = [&]() -> Status {
+      if (deletes.success.empty()) return OkStatus();
+      // A guarded delete: an entry rewritten since the scan (deleted and appended again) stays.
+      FP_ASSIGN_OR_RETURN(etcd::TxnResponse done, client.Txn(deletes, std::nullopt));
+      if (done.succeeded) revision = std::max(revision, done.revision);
+      deletes = etcd::TxnRequest();
+      return OkStatus();
+    };
+    for (const etcd::KeyValue& kv : entries.kvs) {
+      if (kv.value.size() != kIdemValueBytes) {
+        return DataLossError(
+            fmt::format("etcd log: idempotency entry \"{}\" is not 40 bytes", kv.key));
+      }
+      if (LoadU64(reinterpret_cast<const uint8_t*>(kv.value.data())) >= cut) continue;
+      deletes.compares.push_back(
+          {kv.key, Compare::Target::kMod, Compare::Result::kEqual, kv.mod_revision, ""});
+      deletes.success.push_back({TxnOp::Kind::kDelete, kv.key, "", 0, {}, ""});
+      if (deletes.success.size() == kMaxEtcdTrimDeletesPerTxn) FP_RETURN_IF_ERROR(flush());
+    }
+    FP_RETURN_IF_ERROR(flush());
+    if (!entries.more || entries.kvs.empty()) break;
+    page.key = entries.kvs.back().key + std::string(1, '\0');
+  }
+  return revision;
 }
 
 uint64_t EtcdLog::WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const {

@@ -35,6 +35,8 @@ struct Args {
   uint32_t appenders = 32;
   uint32_t leaves = 64;
   uint32_t members = 3;
+  uint32_t txns_in_flight = 1;  // EtcdLogOptions::max_txns_in_flight
+  uint32_t txn_records = 62;    // EtcdLogOptions::max_txn_records (etcd's --max-txn-ops follows)
 };
 
 struct Result {
@@ -122,10 +124,14 @@ Status Run(const Args& args) {
   }
   testing::EtcdClusterOptions cluster_options;
   cluster_options.members = args.members;
+  cluster_options.max_txn_ops =
+      std::max<size_t>(etcd::kMaxTxnOps, 2 * size_t{args.txn_records} + 2);
   FP_ASSIGN_OR_RETURN(auto cluster, testing::EtcdCluster::Start(cluster_options));
   EtcdLogOptions options;
   options.client = cluster->ClientOptionsFor(0);
   options.prefix = "/bench";
+  options.max_txns_in_flight = args.txns_in_flight;
+  options.max_txn_records = args.txn_records;
   FP_ASSIGN_OR_RETURN(auto etcd_log, OpenEtcdLog(options));
   const Result etcd = Measure(*etcd_log, args);
   const EtcdLog::Stats stats = etcd_log->stats();
@@ -137,15 +143,21 @@ Status Run(const Args& args) {
       {"seconds", args.seconds},          {"hardware_threads", std::thread::hardware_concurrency()},
       {"rocksdb", ToJson(rocks)},         {"etcd", ToJson(etcd)}};
   out["etcd"].as_object()["members"] = args.members;
+  out["etcd"].as_object()["txns_in_flight"] = args.txns_in_flight;
+  out["etcd"].as_object()["max_txn_records"] = args.txn_records;
+  out["etcd"].as_object()["max_in_flight_seen"] = stats.max_in_flight;
+  out["etcd"].as_object()["pipeline_stalls"] = stats.stalls;
+  out["etcd"].as_object()["pipeline_overtakes"] = stats.overtakes;
   out["etcd"].as_object()["records_per_txn"] =
       stats.txns == 0 ? 0.0 : static_cast<double>(stats.records) / static_cast<double>(stats.txns);
   std::printf("%s\n", json::serialize(out).c_str());
   std::fprintf(stderr, "%-28s %12s %10s %10s\n", "backend", "appends/s", "p50 ms", "p99 ms");
   std::fprintf(stderr, "%-28s %12.0f %10.2f %10.2f\n", "rocksdb (synced WAL)",
                rocks.appends_per_second, rocks.p50_ms, rocks.p99_ms);
-  std::fprintf(stderr, "%-28s %12.0f %10.2f %10.2f\n",
-               fmt::format("etcd ({} members, mTLS)", args.members).c_str(),
-               etcd.appends_per_second, etcd.p50_ms, etcd.p99_ms);
+  std::fprintf(
+      stderr, "%-28s %12.0f %10.2f %10.2f\n",
+      fmt::format("etcd ({} members, mTLS, {} txns)", args.members, args.txns_in_flight).c_str(),
+      etcd.appends_per_second, etcd.p50_ms, etcd.p99_ms);
   return OkStatus();
 }
 
@@ -163,6 +175,10 @@ int main(int argc, char** argv) {
   app.add_option("--leaves", args.leaves, "leaves per LeafBatch record")
       ->check(CLI::Range(1u, fp::supervisor::kMaxLeaves));
   app.add_option("--members", args.members, "etcd members")->check(CLI::Range(1u, 7u));
+  app.add_option("--txns-in-flight", args.txns_in_flight, "etcd append txns in flight")
+      ->check(CLI::Range(size_t{1}, fp::supervisor::kMaxEtcdTxnsInFlight));
+  app.add_option("--txn-records", args.txn_records, "records per etcd append txn at most")
+      ->check(CLI::Range(size_t{1}, (fp::supervisor::etcd::kMaxTxnOpsLimit - 2) / 2));
   CLI11_PARSE(app, argc, argv);
   const fp::Status status = fp::supervisor::Run(args);
   if (!status.ok()) {

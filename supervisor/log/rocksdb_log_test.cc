@@ -37,6 +37,15 @@ pb::LogRecord Batch(uint8_t session, uint64_t first_step, uint32_t token) {
   return record;
 }
 
+pb::LogRecord Admit(uint8_t session, uint32_t prompt_token) {
+  pb::LogRecord record;
+  pb::SessionRequest* request = record.mutable_admit()->mutable_request();
+  request->set_session_id(std::string(16, static_cast<char>(session)));
+  request->set_model("m");
+  request->add_prompt_token_ids(prompt_token);
+  return record;
+}
+
 class RocksLogTest : public ::testing::Test {
  protected:
   std::unique_ptr<RocksLog> OpenLog() {
@@ -204,6 +213,54 @@ TEST_F(RocksLogTest, ConflictingContentUnderOneKeyIsFailedPrecondition) {
   ASSERT_OK(AppendAndWait(*log, Batch(1, 0, 5)));
   EXPECT_THAT(AppendAndWait(*log, Batch(1, 0, 6)), StatusIs(StatusCode::kFailedPrecondition));
   EXPECT_EQ(log->End(), 1u);
+}
+
+TEST_F(RocksLogTest, TrimDeletesTheOldestRecordsAndSurvivesReopen) {
+  {
+    auto log = OpenLog();
+    ASSERT_OK(AppendAndWait(*log, Admit(1, 5)));                                           // 0
+    for (uint64_t i = 0; i < 4; ++i) ASSERT_OK(AppendAndWait(*log, Batch(2, i, 40 + i)));  // 1-4
+    ASSERT_OK(AppendAndWait(*log, Tick(9)));                                               // 5
+    EXPECT_EQ(log->Begin(), 0u);
+    ASSERT_OK_AND_ASSIGN(uint64_t begin, log->Trim(3));
+    EXPECT_EQ(begin, 3u);
+    EXPECT_EQ(log->Begin(), 3u);
+    EXPECT_THAT(log->Read(2, 10).status(), StatusIs(StatusCode::kOutOfRange));
+    ASSERT_OK_AND_ASSIGN(std::vector<LogEntry> entries, log->Read(3, 10));
+    ASSERT_EQ(entries.size(), 3u);
+    EXPECT_EQ(entries[0].position, 3u);
+    EXPECT_EQ(entries[0].record.leaf_batch().first_step(), 2u);
+    // Trimming never passes the end, and trimming below the trim point does nothing.
+    ASSERT_OK_AND_ASSIGN(begin, log->Trim(2));
+    EXPECT_EQ(begin, 3u);
+  }
+  auto log = OpenLog();
+  EXPECT_EQ(log->Begin(), 3u);
+  EXPECT_EQ(log->End(), 6u);
+  EXPECT_THAT(log->Read(0, 1).status(), StatusIs(StatusCode::kOutOfRange));
+  ASSERT_OK_AND_ASSIGN(uint64_t position, AppendAndWait(*log, Tick(10)));
+  EXPECT_EQ(position, 6u);
+  ASSERT_OK_AND_ASSIGN(uint64_t begin, log->Trim(100));
+  EXPECT_EQ(begin, 7u);
+  ASSERT_OK_AND_ASSIGN(std::vector<LogEntry> entries, log->Read(7, 10));
+  EXPECT_TRUE(entries.empty());
+}
+
+TEST_F(RocksLogTest, AdmitKeysOutliveTrimmingOtherKeysDoNot) {
+  auto log = OpenLog();
+  ASSERT_OK(AppendAndWait(*log, Admit(1, 5)));      // 0
+  ASSERT_OK(AppendAndWait(*log, Batch(2, 0, 40)));  // 1
+  ASSERT_OK(AppendAndWait(*log, Tick(1)));          // 2
+  ASSERT_OK(log->Trim(2));
+  // A retried submission still gets its original position; a different one under the same key
+  // is still a conflict, although the record itself is gone.
+  ASSERT_OK_AND_ASSIGN(uint64_t again, AppendAndWait(*log, Admit(1, 5)));
+  EXPECT_EQ(again, 0u);
+  EXPECT_THAT(AppendAndWait(*log, Admit(1, 6)), StatusIs(StatusCode::kFailedPrecondition));
+  // A trimmed leaf batch's key went with it: a late resend is a new record (the applier rejects
+  // it as stale).
+  ASSERT_OK_AND_ASSIGN(uint64_t resent, AppendAndWait(*log, Batch(2, 0, 40)));
+  EXPECT_EQ(resent, 3u);
 }
 
 TEST_F(RocksLogTest, RecordWithoutBodyIsInvalidArgument) {

@@ -18,6 +18,8 @@ namespace {
 constexpr char kClientName[] = "etcd-client";
 constexpr std::chrono::milliseconds kHealthPollInterval{50};
 constexpr std::chrono::milliseconds kKillGrace{0};
+// Cluster starts tried when a member finds its probed port taken.
+constexpr int kMaxEtcdStartAttempts = 3;
 
 // The executable's absolute path: `binary` itself if it has a '/', else the first match on PATH.
 std::string FindExecutable(const std::string& binary) {
@@ -41,6 +43,19 @@ StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::Start(const EtcdClusterOptio
   if (options.members < 1 || options.members > kMaxEtcdMembers) {
     return InvalidArgumentError(fmt::format("etcd cluster: 1..{} members", kMaxEtcdMembers));
   }
+  // A probed free port can be taken by another test before etcd binds it (tests run in
+  // parallel): then the whole cluster starts again on fresh ports.
+  StatusOr<std::unique_ptr<EtcdCluster>> cluster = StartOnce(options);
+  for (int attempt = 1;
+       attempt < kMaxEtcdStartAttempts && !cluster.ok() &&
+       cluster.status().message().find("address already in use") != std::string_view::npos;
+       ++attempt) {
+    cluster = StartOnce(options);
+  }
+  return cluster;
+}
+
+StatusOr<std::unique_ptr<EtcdCluster>> EtcdCluster::StartOnce(const EtcdClusterOptions& options) {
   auto cluster = std::unique_ptr<EtcdCluster>(new EtcdCluster(options));
   FP_ASSIGN_OR_RETURN(cluster->dir_, ScopedTempDir::Create("fieldprint-etcd"));
   const char* scheme = options.tls ? "https" : "http";
@@ -93,6 +108,7 @@ Status EtcdCluster::Spawn(size_t index, bool fresh) {
                   "--initial-cluster-token=fieldprint-test",
                   "--heartbeat-interval=25",
                   "--election-timeout=250",
+                  fmt::format("--max-txn-ops={}", options_.max_txn_ops),
                   "--log-level=warn",
                   "--logger=zap"};
   if (process.argv[0].empty()) {
@@ -125,6 +141,7 @@ etcd::ClientOptions EtcdCluster::ClientOptionsFor(size_t first) const {
     options.endpoints.push_back(endpoint((first + i) % members_.size()));
   }
   if (options_.tls) options.tls = wire::TlsFilesForNode(dir_->Join("certs"), kClientName);
+  options.max_txn_ops = options_.max_txn_ops;
   return options;
 }
 

@@ -31,6 +31,7 @@ struct EtcdClusterOptions {
   bool tls = true;
   std::string etcd_binary = "etcd";  // looked up on PATH
   std::chrono::milliseconds start_timeout{20'000};
+  size_t max_txn_ops = 128;  // --max-txn-ops of every member
 };
 
 class EtcdCluster {
@@ -39,8 +40,9 @@ class EtcdCluster {
   static bool Available(const std::string& binary = "etcd");
 
   // Creates the certificates (names etcd-0.. and "etcd-client") and starts every member, then
-  // waits until each answers a linearizable read. Unavailable with the tail of a member's stderr
-  // when one does not come up within start_timeout. The caller owns the result.
+  // waits until each answers a linearizable read (starting again on fresh ports when a probed
+  // port was taken meanwhile). Unavailable with the tail of a member's stderr when one does not
+  // come up within start_timeout. The caller owns the result.
   static StatusOr<std::unique_ptr<EtcdCluster>> Start(const EtcdClusterOptions& options);
   ~EtcdCluster();
   EtcdCluster(const EtcdCluster&) = delete;
@@ -69,6 +71,7 @@ class EtcdCluster {
     std::unique_ptr<client::ChildProcess> process;
   };
   explicit EtcdCluster(EtcdClusterOptions options) : options_(std::move(options)) {}
+  static StatusOr<std::unique_ptr<EtcdCluster>> StartOnce(const EtcdClusterOptions& options);
   Status Spawn(size_t member, bool fresh);
 
   const EtcdClusterOptions options_;
