@@ -244,6 +244,14 @@ void GenerationLoop::Apply(const QuarantineOrder& order) {
   for (const SessionId& id : ids) StopReplica(id, replicas_.at(id));
 }
 
+void GenerationLoop::Apply(const AbortOrder& order) {
+  auto it = replicas_.find(order.session);
+  if (it == replicas_.end() || it->second.abandoned) return;
+  LogWarn(kComponent, "the supervisor failed the session: stopping its replica",
+          {{"session", Short(order.session)}, {"reason", order.reason}});
+  StopReplica(order.session, it->second);
+}
+
 void GenerationLoop::ApplyCommit(const SessionId& session, const CommitUpdate& update) {
   auto it = replicas_.find(session);
   if (it == replicas_.end()) return;

@@ -1,5 +1,6 @@
 // The messages the worker's threads pass to each other (DESIGN.md section 5, steps 2-3 and 6):
-//   supervisor client (I/O thread) -> generation loop: Order (Assign, Rollback, Quarantine);
+//   supervisor client (I/O thread) -> generation loop: Order (Assign, Rollback, Quarantine,
+//   Abort);
 //   generation loop -> streaming thread: StreamItem (one step's token and digest, a change in a
 //   replica's life, or a Commit), through a StreamSink, in the order the loop produced them.
 //
@@ -40,7 +41,14 @@ struct QuarantineOrder {
   std::string reason;
 };
 
-using Order = std::variant<AssignOrder, RollbackOrder, QuarantineOrder>;
+// Stop one session's replica: the supervisor failed the session (Error{ABORTED, session}), so its
+// leaves will never be compared.
+struct AbortOrder {
+  SessionId session{};
+  std::string reason;
+};
+
+using Order = std::variant<AssignOrder, RollbackOrder, QuarantineOrder, AbortOrder>;
 
 // One generated step of a replica.
 struct StepRecord {

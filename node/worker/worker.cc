@@ -216,11 +216,21 @@ void Worker::Dispatch(uint64_t generation, wire::pb::Envelope envelope) {
     case wire::pb::Envelope::kAck:
       streamer_->OnAck(envelope.ack());
       return;
-    case wire::pb::Envelope::kError:
+    case wire::pb::Envelope::kError: {
+      const wire::pb::Error& error = envelope.error();
       LogWarn(kComponent, "the supervisor reported an error",
-              {{"status", wire::StatusFromError(envelope.error())},
-               {"session", HexEncode(AsBytes(envelope.error().session_id()))}});
+              {{"status", wire::StatusFromError(error)},
+               {"session", HexEncode(AsBytes(error.session_id()))}});
+      // ABORTED for a session: the supervisor failed it, so its replica stops here too.
+      if (error.code() == static_cast<uint32_t>(StatusCode::kAborted) &&
+          error.session_id().size() == kSessionIdSize) {
+        AbortOrder order;
+        std::copy_n(error.session_id().begin(), kSessionIdSize, order.session.begin());
+        order.reason = error.reason();
+        loop_->Post(std::move(order)).IgnoreError();  // a stopping or full loop drops it
+      }
       return;
+    }
     default:
       LogWarn(kComponent, "ignoring a frame a supervisor does not send",
               {{"body", wire::BodyName(envelope)}});

@@ -336,6 +336,29 @@ TEST_F(WorkerTest, QuarantineStopsTheReplicasAndRefusesNewSessions) {
   EXPECT_FALSE(supervisor_->replica(Id(14))->finished);
 }
 
+TEST_F(WorkerTest, AbortedSessionStopsItsReplicaOnly) {
+  supervisor_->SetAutoCommit(false);
+  ASSERT_NO_FATAL_FAILURE(StartWorker(Config()));
+  ASSERT_OK(supervisor_->Assign(MakeAssign(15, 40, 4)));
+  ASSERT_OK(supervisor_->Assign(MakeAssign(16, 40, 4)));
+  ASSERT_TRUE(supervisor_->WaitUntil(
+      [&] { return Leaves(15).size() == 4 && Leaves(16).size() == 4; }, kWait));
+  wire::pb::Envelope abort;
+  abort.mutable_error()->set_code(static_cast<uint32_t>(StatusCode::kAborted));
+  abort.mutable_error()->set_reason("placement timeout");
+  abort.mutable_error()->set_session_id(Wire(Id(15)));
+  ASSERT_OK(supervisor_->Send(abort));
+  std::this_thread::sleep_for(milliseconds(200));  // the order reaches the loop
+  // Both windows open; only the session the supervisor did not fail goes on.
+  ASSERT_OK(supervisor_->CommitNow(Id(15), 4));
+  ASSERT_OK(supervisor_->CommitNow(Id(16), 4));
+  ASSERT_TRUE(supervisor_->WaitUntil([&] { return Leaves(16).size() == 8; }, kWait));
+  std::this_thread::sleep_for(milliseconds(200));
+  EXPECT_EQ(Leaves(15).size(), 4u);
+  const std::vector<leaf::StepLeaf> expected = Expected(16, 40);
+  EXPECT_EQ(Leaves(16), std::vector<leaf::StepLeaf>(expected.begin(), expected.begin() + 8));
+}
+
 // ---- Error paths -------------------------------------------------------------------------
 
 TEST_F(WorkerTest, CommitWithAForeignRootIsReportedAsDataLoss) {
