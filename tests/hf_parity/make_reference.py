@@ -46,6 +46,8 @@ VARIANTS = {
         },
         tie_word_embeddings=True,
     ),
+    # Head dim 64 (q width 256 > hidden 64): the smallest head the CUDA kernels take.
+    "llama_wide": dict(rope_theta=10000.0, rope_scaling=None, tie_word_embeddings=False, head_dim=64),
 }
 
 PROMPTS = [
