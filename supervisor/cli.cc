@@ -15,6 +15,7 @@
 #include "common/base/log.h"
 #include "common/cli.h"
 #include "common/crypto/sha256.h"
+#include "common/wire/tls.h"
 #include "supervisor/bench/bench.h"
 #include "supervisor/fsck.h"
 #include "supervisor/ledger/checkpoints.h"
@@ -43,6 +44,11 @@ struct RunArgs {
   int64_t drain_timeout_ms = 10'000;
   std::string admin_token_file;
   int64_t log_trim_interval_ms = 10'000;
+  std::string log_backend = "rocksdb";
+  std::string etcd_endpoints;  // comma-separated https URLs
+  std::string etcd_ca_file;
+  std::string etcd_cert_file;
+  std::string etcd_key_file;
   std::string log_level = "info";
   std::string log_format = "text";
 };
@@ -103,6 +109,36 @@ Status ParseTokenizers(const std::vector<std::string>& specs,
   return OkStatus();
 }
 
+// Fills options.log_backend and options.etcd from the log-backend and etcd-* options.
+Status ConfigureLogBackend(RunArgs& args) {
+  SupervisorOptions& options = args.options;
+  FP_ASSIGN_OR_RETURN(options.log_backend, supervisor::ParseLogBackend(args.log_backend));
+  const bool any_etcd_option = !args.etcd_endpoints.empty() || !args.etcd_ca_file.empty() ||
+                               !args.etcd_cert_file.empty() || !args.etcd_key_file.empty();
+  if (options.log_backend != supervisor::LogBackend::kEtcd) {
+    // A forgotten log-backend would otherwise run on a local log beside the cluster's.
+    if (any_etcd_option) {
+      return InvalidArgumentError("etcd-* options are set but log-backend is not \"etcd\"");
+    }
+    return OkStatus();
+  }
+  if (args.etcd_endpoints.empty()) {
+    return InvalidArgumentError("log-backend \"etcd\" needs etcd-endpoints");
+  }
+  StatusOr<std::vector<supervisor::etcd::Endpoint>> endpoints =
+      supervisor::ParseEtcdEndpoints(args.etcd_endpoints);
+  if (!endpoints.ok()) return endpoints.status().WithContext("etcd-endpoints");
+  options.etcd.client.endpoints = std::move(endpoints).value();
+  // The endpoints are https URLs: etcd is always reached with mutual TLS.
+  if (args.etcd_ca_file.empty() || args.etcd_cert_file.empty() || args.etcd_key_file.empty()) {
+    return InvalidArgumentError(
+        "log-backend \"etcd\" needs etcd-ca-file, etcd-cert-file and etcd-key-file (mutual TLS)");
+  }
+  options.etcd.client.tls =
+      wire::TlsFiles{args.etcd_ca_file, args.etcd_cert_file, args.etcd_key_file};
+  return OkStatus();
+}
+
 // Runs until SIGTERM/SIGINT (then drains) or a background failure.
 Status RunSupervisor(RunArgs& args) {
   if (args.options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
@@ -112,6 +148,7 @@ Status RunSupervisor(RunArgs& args) {
   InitLogging(level, format);
   FP_RETURN_IF_ERROR(ParseModels(args.models, args.options.defaults));
   FP_RETURN_IF_ERROR(ParseTokenizers(args.tokenizers, args.options.tokenizer_dirs));
+  FP_RETURN_IF_ERROR(ConfigureLogBackend(args));
   SupervisorOptions& options = args.options;
   options.tick_interval = std::chrono::milliseconds(args.tick_interval_ms);
   options.checkpoint_interval = std::chrono::milliseconds(args.checkpoint_interval_ms);
@@ -226,6 +263,16 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
   SupervisorOptions& o = args.options;
   command->add_option("--data-dir", o.data_dir,
                       "Directory of the log, state and signing key (required)");
+  command->add_option("--log-backend", args.log_backend,
+                      "Where the log lives: rocksdb (DATA_DIR/log) or etcd (--etcd-endpoints)");
+  command->add_option("--etcd-endpoints", args.etcd_endpoints,
+                      "etcd members, comma-separated https://HOST:PORT URLs (log-backend etcd)");
+  command->add_option("--etcd-prefix", o.etcd.prefix,
+                      "Key prefix of the log in etcd, without a trailing '/'");
+  command->add_option("--etcd-ca-file", args.etcd_ca_file, "CA certificate of etcd's members");
+  command->add_option("--etcd-cert-file", args.etcd_cert_file,
+                      "Client certificate for etcd (mutual TLS)");
+  command->add_option("--etcd-key-file", args.etcd_key_file, "Key of --etcd-cert-file");
   command->add_option("--origin", o.origin, "Checkpoint origin (the ledger's name)");
   command->add_option("--certs-dir", o.certs_dir, "`fieldprint certs init` directory (required)");
   command->add_option("--tls-name", o.tls_name, "This supervisor's certificate name");
@@ -297,8 +344,8 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
 }  // namespace
 
 void AddSupervisorCommands(CLI::App& app, CLI::App& bench) {
-  CLI::App* command =
-      app.add_subcommand("supervisor", "Run a standalone supervisor (embedded RocksDB log)");
+  CLI::App* command = app.add_subcommand(
+      "supervisor", "Run a supervisor (RocksDB log, or an etcd log with --log-backend etcd)");
   command->require_subcommand(0, 1);
   auto args = std::make_shared<RunArgs>();
   AddRunOptions(command, *args);

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <limits>
+#include <string_view>
 
 #include <fmt/format.h>
 #include <pthread.h>
@@ -26,6 +27,33 @@ namespace asio = boost::asio;
 // Nice value of the applier thread (relative to the process's).
 constexpr int kApplierNice = 5;
 
+// One "https://HOST:PORT[/]" URL of etcd-endpoints.
+StatusOr<etcd::Endpoint> ParseEtcdUrl(std::string_view url) {
+  const auto bad = [&](std::string_view why) {
+    return InvalidArgumentError(
+        fmt::format("etcd endpoint '{}': {} (expected https://HOST:PORT)", url, why));
+  };
+  constexpr std::string_view kScheme = "https://";
+  if (url.substr(0, kScheme.size()) != kScheme) return bad("not an https URL");
+  std::string_view rest = url.substr(kScheme.size());
+  if (!rest.empty() && rest.back() == '/') rest.remove_suffix(1);
+  const size_t colon = rest.rfind(':');
+  if (colon == std::string_view::npos) return bad("no port");
+  std::string_view host = rest.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty() || host.find_first_of("/[]@") != std::string_view::npos) return bad("bad host");
+  const std::string_view digits = rest.substr(colon + 1);
+  uint32_t port = 0;
+  for (const char c : digits) {
+    if (c < '0' || c > '9' || port > 65535) return bad("bad port");
+    port = port * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (digits.empty() || port == 0 || port > 65535) return bad("bad port");
+  return etcd::Endpoint{std::string(host), static_cast<uint16_t>(port)};
+}
+
 uint64_t UnixMillis() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
@@ -33,6 +61,34 @@ uint64_t UnixMillis() {
 }
 
 }  // namespace
+
+StatusOr<LogBackend> ParseLogBackend(const std::string& name) {
+  if (name == "rocksdb") return LogBackend::kRocksDb;
+  if (name == "etcd") return LogBackend::kEtcd;
+  return InvalidArgumentError(
+      fmt::format("unknown log-backend '{}' (expected \"rocksdb\" or \"etcd\")", name));
+}
+
+StatusOr<std::vector<etcd::Endpoint>> ParseEtcdEndpoints(const std::string& urls) {
+  std::vector<etcd::Endpoint> endpoints;
+  std::string_view rest = urls;
+  while (!rest.empty()) {
+    const size_t comma = rest.find(',');
+    std::string_view url = rest.substr(0, comma);
+    rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+    while (!url.empty() && url.front() == ' ') url.remove_prefix(1);
+    while (!url.empty() && url.back() == ' ') url.remove_suffix(1);
+    if (url.empty()) continue;
+    if (endpoints.size() == etcd::kMaxEtcdEndpoints) {
+      return InvalidArgumentError(
+          fmt::format("more than {} etcd endpoints", etcd::kMaxEtcdEndpoints));
+    }
+    FP_ASSIGN_OR_RETURN(etcd::Endpoint endpoint, ParseEtcdUrl(url));
+    endpoints.push_back(std::move(endpoint));
+  }
+  if (endpoints.empty()) return InvalidArgumentError("no etcd endpoints given");
+  return endpoints;
+}
 
 struct Supervisor::Metrics {
   explicit Metrics(prometheus::Registry& registry)
@@ -134,6 +190,19 @@ StatusOr<std::unique_ptr<Supervisor>> Supervisor::Start(const SupervisorOptions&
   if (options.io_threads == 0 || options.io_threads > kMaxIoThreads) {
     return InvalidArgumentError(fmt::format("io-threads must be in [1, {}]", kMaxIoThreads));
   }
+  if (options.log_backend == LogBackend::kEtcd) {
+    if (options.etcd.client.endpoints.empty()) {
+      return InvalidArgumentError("log-backend etcd needs etcd-endpoints");
+    }
+    // Trimming an etcd log deletes records that every supervisor must already have applied, and a
+    // supervisor started on a fresh state directory rebuilds its state from the whole log; one
+    // supervisor knows neither of these, so the etcd log is never trimmed from here.
+    if (options.log_retention_records > 0) {
+      return InvalidArgumentError(
+          "log-retention-records is not supported with log-backend etcd (the etcd log is not "
+          "trimmed by a supervisor)");
+    }
+  }
   std::unique_ptr<Supervisor> supervisor(new Supervisor(options));
   FP_RETURN_IF_ERROR(supervisor->Open(registry));
   Status network = supervisor->StartNetwork(registry);
@@ -165,7 +234,7 @@ StatusOr<std::unique_ptr<Supervisor>> Supervisor::Start(const SupervisorOptions&
 Status Supervisor::Open(prometheus::Registry& registry) {
   metrics_ = std::make_unique<Metrics>(registry);
   const std::filesystem::path dir(options_.data_dir);
-  FP_ASSIGN_OR_RETURN(log_, RocksLog::Open((dir / "log").string()));
+  FP_RETURN_IF_ERROR(OpenLog());
   FP_ASSIGN_OR_RETURN(state_, OpenStateStore((dir / "state").string()));
   FP_ASSIGN_OR_RETURN(applier_, Applier::Open(state_.get(), options_.applier));
   if (applier_->applied() > log_->End()) {
@@ -205,6 +274,28 @@ Status Supervisor::Open(prometheus::Registry& registry) {
   // Whatever a crash left unsigned is signed before anything is served.
   FP_RETURN_IF_ERROR(signer_->SignPending().status());
   return OkStatus();
+}
+
+Status Supervisor::OpenLog() {
+  switch (options_.log_backend) {
+    case LogBackend::kRocksDb: {
+      const std::filesystem::path dir = std::filesystem::path(options_.data_dir) / "log";
+      FP_ASSIGN_OR_RETURN(std::unique_ptr<RocksLog> log, RocksLog::Open(dir.string()));
+      rocks_log_ = log.get();
+      log_ = std::move(log);
+      return OkStatus();
+    }
+    case LogBackend::kEtcd: {
+      StatusOr<std::unique_ptr<EtcdLog>> log = OpenEtcdLog(options_.etcd);
+      if (!log.ok()) return log.status().WithContext("open the etcd log");
+      etcd_log_ = log->get();
+      log_ = std::move(log).value();
+      LogInfo("supervisor", "etcd log opened",
+              {{"prefix", options_.etcd.prefix}, {"end", log_->End()}, {"begin", log_->Begin()}});
+      return OkStatus();
+    }
+  }
+  return InvalidArgumentError("unknown log backend");
 }
 
 Status Supervisor::StartNetwork(prometheus::Registry& registry) {
@@ -429,6 +520,8 @@ void Supervisor::ProposePlacementExpiries() {
 }
 
 Status Supervisor::TrimLog() {
+  // Start refuses log retention with the etcd backend (see there), so the log is a RocksLog.
+  FP_CHECK(rocks_log_ != nullptr);
   StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
   if (latest.status().code() == StatusCode::kNotFound) return OkStatus();
   FP_RETURN_IF_ERROR(latest.status());
@@ -443,8 +536,8 @@ Status Supervisor::TrimLog() {
   FP_RETURN_IF_ERROR(state_->Flush());
   const uint64_t covered = std::min(applied, body->position() + 1);
   if (covered <= options_.log_retention_records) return OkStatus();
-  const uint64_t before = log_->Begin();
-  FP_ASSIGN_OR_RETURN(uint64_t begin, log_->Trim(covered - options_.log_retention_records));
+  const uint64_t before = rocks_log_->Begin();
+  FP_ASSIGN_OR_RETURN(uint64_t begin, rocks_log_->Trim(covered - options_.log_retention_records));
   if (begin > before) {
     LogInfo("supervisor", "log trimmed", {{"from", before}, {"to", begin}});
   }
@@ -461,8 +554,11 @@ void Supervisor::UpdateGauges() {
   const uint64_t end = log_->End();
   const uint64_t applied = applier_->applied();
   metrics_->apply_lag.Set(static_cast<double>(end > applied ? end - applied : 0));
-  metrics_->rocksdb_bytes.Add({{"store", "log"}})
-      .Set(static_cast<double>(log_->ApproximateBytes()));
+  // An etcd log's size is the cluster's (etcd exports it), not this supervisor's RocksDB's.
+  if (rocks_log_ != nullptr) {
+    metrics_->rocksdb_bytes.Add({{"store", "log"}})
+        .Set(static_cast<double>(rocks_log_->ApproximateBytes()));
+  }
   uint64_t state_bytes = 0;
   for (size_t family = 0; family < kFamilyCount; ++family) {
     state_bytes += state_->ApproximateBytes(family);
@@ -515,7 +611,9 @@ Status Supervisor::Drain() {
     changed_.notify_all();
   }
   if (leader_thread_.joinable()) leader_thread_.join();
-  if (log_ != nullptr) log_->Close();  // queued appends become durable and are acknowledged
+  // Queued appends become durable and are acknowledged.
+  if (rocks_log_ != nullptr) rocks_log_->Close();
+  if (etcd_log_ != nullptr) etcd_log_->Close();
   {
     std::lock_guard lock(mutex_);
     stop_applier_ = true;

@@ -15,8 +15,12 @@
 // durable and are acknowledged, the applier catches up with the log, pending checkpoints are
 // signed, and every thread stops.
 //
+// The log is RocksLog in data_dir/log (the default) or EtcdLog in an etcd cluster
+// (SupervisorOptions::log_backend); the state store stays in data_dir/state either way, and
+// nothing above the Log interface knows which backend runs.
+//
 // Thread-safety: Start, Drain and the accessors may be called from any thread; Drain is
-// idempotent.
+// idempotent. ParseLogBackend and ParseEtcdEndpoints are pure.
 #pragma once
 
 #include <atomic>
@@ -39,6 +43,7 @@
 #include "supervisor/api/api.h"
 #include "supervisor/api/http_server.h"
 #include "supervisor/ledger/checkpoints.h"
+#include "supervisor/log/etcd_log.h"
 #include "supervisor/log/rocksdb_log.h"
 #include "supervisor/net/worker_service.h"
 #include "supervisor/state/applier.h"
@@ -51,8 +56,21 @@ inline constexpr uint32_t kMaxIoThreads = 64;
 // PlacementExpired records the leader proposes per round.
 inline constexpr size_t kMaxPlacementExpiriesPerRound = 256;
 
+enum class LogBackend { kRocksDb, kEtcd };
+
+// "rocksdb" or "etcd"; InvalidArgument naming the accepted values otherwise.
+StatusOr<LogBackend> ParseLogBackend(const std::string& name);
+
+// Comma-separated "https://HOST:PORT" URLs (a trailing '/' allowed, IPv6 hosts in brackets), at
+// most etcd::kMaxEtcdEndpoints of them. InvalidArgument naming the offending URL for anything
+// else, and for an empty list.
+StatusOr<std::vector<etcd::Endpoint>> ParseEtcdEndpoints(const std::string& urls);
+
 struct SupervisorOptions {
   std::string data_dir;
+  // kEtcd: the log is `etcd` (endpoints, mTLS files, key prefix) instead of data_dir/log.
+  LogBackend log_backend = LogBackend::kRocksDb;
+  EtcdLogOptions etcd;
   std::string origin = "fieldprint.local/ledger";
   std::string certs_dir;  // `fieldprint certs init` output; TLS files of `tls_name`
   std::string tls_name = "supervisor-0";
@@ -74,7 +92,8 @@ struct SupervisorOptions {
   std::chrono::milliseconds worker_grace{30'000};
   std::chrono::milliseconds drain_timeout{10'000};
   // Log trimming: records applied (durably) and covered by a signed checkpoint are deleted from
-  // the log, keeping the newest `log_retention_records` of them; 0 keeps the whole log.
+  // the log, keeping the newest `log_retention_records` of them; 0 keeps the whole log. RocksDB
+  // backend only (see Supervisor::Start).
   uint64_t log_retention_records = 0;
   std::chrono::milliseconds log_trim_interval{10'000};
   wire::ConnectionOptions connection;
@@ -86,9 +105,11 @@ struct SupervisorOptions {
 
 class Supervisor {
  public:
-  // Opens the data directory (data_dir/log, data_dir/state, data_dir/checkpoint.key), starts every
-  // thread and listener. `registry` is borrowed and must outlive the supervisor. Errors from
-  // storage, TLS files (NotFound, InvalidArgument) or binding (Unavailable). The caller owns it.
+  // Opens the data directory (data_dir/log, data_dir/state, data_dir/checkpoint.key) or, with the
+  // etcd backend, the etcd log and data_dir's state and key; starts every thread and listener.
+  // `registry` is borrowed and must outlive the supervisor. InvalidArgument for bad options (the
+  // etcd backend without endpoints or with log trimming); errors from storage, etcd (OpenEtcdLog),
+  // TLS files (NotFound, InvalidArgument) or binding (Unavailable). The caller owns it.
   static StatusOr<std::unique_ptr<Supervisor>> Start(const SupervisorOptions& options,
                                                      prometheus::Registry& registry);
   ~Supervisor();  // Drain()
@@ -112,6 +133,8 @@ class Supervisor {
   struct Metrics;
   explicit Supervisor(const SupervisorOptions& options);
   Status Open(prometheus::Registry& registry);
+  // Opens the backend selected by options_.log_backend into log_ and its typed view.
+  Status OpenLog();
   Status StartNetwork(prometheus::Registry& registry);
   void ApplierLoop();
   void LeaderLoop();
@@ -127,7 +150,11 @@ class Supervisor {
 
   const SupervisorOptions options_;
   std::unique_ptr<Metrics> metrics_;
-  std::unique_ptr<RocksLog> log_;
+  std::unique_ptr<Log> log_;
+  // Views of log_ for what only its backend offers (Close; trimming and size for RocksLog):
+  // exactly one is set once the log is open.
+  RocksLog* rocks_log_ = nullptr;
+  EtcdLog* etcd_log_ = nullptr;
   std::unique_ptr<RocksStore> state_;
   std::unique_ptr<Applier> applier_;
   std::unique_ptr<CheckpointSigner> signer_;

@@ -1,9 +1,11 @@
 // End-to-end tests of one in-process supervisor over real sockets: a test worker speaks the wire
 // protocol over mutual TLS with certificates from `certs init`, and an HTTP client uses the API.
+// EtcdSupervisorTest runs the same supervisor with its log in a real 1-member etcd (mTLS).
 #include "supervisor/runtime/supervisor.h"
 
 #include <condition_variable>
 #include <deque>
+#include <filesystem>
 
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
@@ -17,6 +19,7 @@
 #include "common/wire/certs.h"
 #include "common/wire/envelope.h"
 #include "common/wire/tls.h"
+#include "supervisor/log/testing/etcd_cluster.h"
 #include "supervisor/net/http_client.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
@@ -136,7 +139,7 @@ class SupervisorTest : public ::testing::Test {
     thread_ = std::thread([this] { io_.run(); });
   }
 
-  SupervisorOptions Options() {
+  virtual SupervisorOptions Options() {
     SupervisorOptions options;
     options.data_dir = dir_.Join("data");
     options.certs_dir = dir_.Join("certs");
@@ -371,7 +374,118 @@ TEST_F(SupervisorTest, LogIsTrimmedBehindSignedCheckpointsAndTheStateSurvivesARe
   EXPECT_GE(supervisor_->log().Begin(), begin);
 }
 
+// The supervisor on a 1-member etcd; skipped only where etcd is not installed.
+class EtcdSupervisorTest : public SupervisorTest {
+ protected:
+  void SetUp() override {
+    if (!testing::EtcdCluster::Available()) GTEST_SKIP() << "etcd is not installed";
+    testing::EtcdClusterOptions cluster;
+    cluster.members = 1;
+    auto started = testing::EtcdCluster::Start(cluster);
+    FP_CHECK_OK(started);
+    cluster_ = std::move(started).value();
+    SupervisorTest::SetUp();
+  }
+
+  void TearDown() override {
+    if (cluster_ != nullptr) SupervisorTest::TearDown();
+  }
+
+  SupervisorOptions Options() override {
+    SupervisorOptions options = SupervisorTest::Options();
+    options.log_backend = LogBackend::kEtcd;
+    options.etcd.client = cluster_->ClientOptionsFor();
+    options.etcd.prefix = "/supervisor-test";
+    return options;
+  }
+
+  std::unique_ptr<testing::EtcdCluster> cluster_;
+};
+
+TEST_F(EtcdSupervisorTest, SessionIsVerifiedAndAFreshStateDirectoryRebuildsItFromEtcd) {
+  TestWorker& worker = Connect();
+  worker.Send(Registration());
+  const std::string id = Submit(3);
+  std::optional<wire::pb::Envelope> assign = worker.Next(wire::pb::Envelope::kAssign);
+  ASSERT_TRUE(assign.has_value());
+  const wire::pb::Envelope leaves = Leaves(assign->assign(), 3);
+  worker.Send(leaves);
+  ASSERT_TRUE(worker.Next(wire::pb::Envelope::kAck).has_value());
+  // The root the test's own tree gave the leaves: the verified session must carry it.
+  const std::string root = HexEncode(AsBytes(leaves.leaf_batch().session_root()));
+  json::value first = WaitFor("/v1/sessions/" + id, [](const json::value& body) {
+    return body.at("phase").as_string() == "verified";
+  });
+  ASSERT_EQ(first.at("phase").as_string(), "verified");
+  EXPECT_EQ(first.at("session_root").as_string(), root);
+  const uint64_t written = supervisor_->log().End();
+  EXPECT_FALSE(std::filesystem::exists(dir_.Join("data") + "/log"));  // the log is in etcd
+
+  // Same etcd, empty data directory: the state can only come from replaying the etcd log.
+  worker_.reset();
+  SupervisorOptions fresh = Options();
+  fresh.data_dir = dir_.Join("fresh");
+  StartWith(fresh);
+  EXPECT_EQ(supervisor_->log().Begin(), 0u);
+  EXPECT_GE(supervisor_->log().End(), written);
+  json::value rebuilt = WaitFor("/v1/sessions/" + id, [](const json::value& body) {
+    return body.at("phase").as_string() == "verified";
+  });
+  ASSERT_EQ(rebuilt.at("phase").as_string(), "verified");
+  EXPECT_EQ(rebuilt.at("session_root").as_string(), root);
+  EXPECT_GE(supervisor_->applied(), written);
+  EXPECT_FALSE(std::filesystem::exists(fresh.data_dir + "/log"));
+}
+
 // ---- Error paths ----
+
+TEST(SupervisorLogOptionsTest, BackendNamesAreParsedAndUnknownOnesRefused) {
+  ASSERT_OK_AND_ASSIGN(LogBackend rocks, ParseLogBackend("rocksdb"));
+  EXPECT_EQ(rocks, LogBackend::kRocksDb);
+  ASSERT_OK_AND_ASSIGN(LogBackend etcd, ParseLogBackend("etcd"));
+  EXPECT_EQ(etcd, LogBackend::kEtcd);
+  const Status unknown = ParseLogBackend("leveldb").status();
+  EXPECT_EQ(unknown.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(unknown.message()), HasSubstr("leveldb"));
+  EXPECT_THAT(ParseLogBackend("").status(), fp::testing::StatusIs(StatusCode::kInvalidArgument));
+}
+
+TEST(SupervisorLogOptionsTest, EtcdEndpointsAreHttpsUrlsWithPorts) {
+  ASSERT_OK_AND_ASSIGN(std::vector<etcd::Endpoint> endpoints,
+                       ParseEtcdEndpoints("https://etcd-0:2379, https://10.0.0.2:2380/,"
+                                          "https://[::1]:12379"));
+  ASSERT_EQ(endpoints.size(), 3u);
+  EXPECT_EQ(endpoints[0].host, "etcd-0");
+  EXPECT_EQ(endpoints[0].port, 2379);
+  EXPECT_EQ(endpoints[1].host, "10.0.0.2");
+  EXPECT_EQ(endpoints[1].port, 2380);
+  EXPECT_EQ(endpoints[2].host, "::1");
+  EXPECT_EQ(endpoints[2].port, 12379);
+  for (const char* bad :
+       {"", " , ", "http://etcd-0:2379", "https://etcd-0", "https://:2379", "https://etcd-0:0",
+        "https://etcd-0:65536", "https://etcd-0:23x9", "https://a:1,etcd-1:2379"}) {
+    EXPECT_THAT(ParseEtcdEndpoints(bad).status(),
+                fp::testing::StatusIs(StatusCode::kInvalidArgument))
+        << bad;
+  }
+}
+
+TEST(SupervisorLogOptionsTest, EtcdBackendWithoutEndpointsOrWithTrimmingIsRefused) {
+  fp::testing::TempDir dir;
+  prometheus::Registry registry;
+  SupervisorOptions options;
+  options.data_dir = dir.Join("data");
+  options.log_backend = LogBackend::kEtcd;
+  const Status no_endpoints = Supervisor::Start(options, registry).status();
+  EXPECT_EQ(no_endpoints.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(no_endpoints.message()), HasSubstr("etcd-endpoints"));
+  options.etcd.client.endpoints = {{"127.0.0.1", 2379}};
+  options.log_retention_records = 10;
+  const Status trimming = Supervisor::Start(options, registry).status();
+  EXPECT_EQ(trimming.code(), StatusCode::kInvalidArgument);
+  EXPECT_THAT(std::string(trimming.message()), HasSubstr("log-retention-records"));
+  EXPECT_FALSE(std::filesystem::exists(options.data_dir));  // refused before touching storage
+}
 
 TEST_F(SupervisorTest, LeavesBeforeRegistrationCloseTheConnection) {
   TestWorker& worker = Connect();
