@@ -252,6 +252,14 @@ void GenerationLoop::Apply(const AbortOrder& order) {
   StopReplica(order.session, it->second);
 }
 
+void GenerationLoop::Apply(const ReinstateOrder& order) {
+  if (!quarantined_) return;
+  LogInfo(kComponent, "registration accepted: the quarantine is over",
+          {{"supervisor", order.supervisor_id}, {"was", quarantine_reason_}});
+  quarantined_ = false;
+  quarantine_reason_.clear();
+}
+
 void GenerationLoop::ApplyCommit(const SessionId& session, const CommitUpdate& update) {
   auto it = replicas_.find(session);
   if (it == replicas_.end()) return;

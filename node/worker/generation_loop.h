@@ -123,6 +123,7 @@ class GenerationLoop {
   void Apply(const RollbackOrder& order);
   void Apply(const QuarantineOrder& order);
   void Apply(const AbortOrder& order);
+  void Apply(const ReinstateOrder& order);
   void ApplyCommit(const SessionId& session, const CommitUpdate& update);
   void Restart(const SessionId& session, Replica& replica, const AssignOrder& order);
   // Stops generating a replica: removes it if finished, else abandons it.

@@ -1,6 +1,6 @@
 // The messages the worker's threads pass to each other (DESIGN.md section 5, steps 2-3 and 6):
 //   supervisor client (I/O thread) -> generation loop: Order (Assign, Rollback, Quarantine,
-//   Abort);
+//   Abort, Reinstate);
 //   generation loop -> streaming thread: StreamItem (one step's token and digest, a change in a
 //   replica's life, or a Commit), through a StreamSink, in the order the loop produced them.
 //
@@ -48,7 +48,14 @@ struct AbortOrder {
   std::string reason;
 };
 
-using Order = std::variant<AssignOrder, RollbackOrder, QuarantineOrder, AbortOrder>;
+// A supervisor accepted this worker's registration: whatever quarantine it had ordered is over
+// (a supervisor refuses the registration of a worker its state holds quarantined, so an accepted
+// one is that state's word; an operator's release closes the connection to bring this about).
+struct ReinstateOrder {
+  std::string supervisor_id;
+};
+
+using Order = std::variant<AssignOrder, RollbackOrder, QuarantineOrder, AbortOrder, ReinstateOrder>;
 
 // One generated step of a replica.
 struct StepRecord {

@@ -109,7 +109,10 @@ StatusOr<std::unique_ptr<Worker>> Worker::Create(const WorkerConfig& config,
   ClientCallbacks callbacks;
   callbacks.registration = [self] { return self->Registration(); };
   callbacks.heartbeat = [self] { return self->Heartbeat(); };
-  callbacks.on_accepted = [self](uint64_t generation) { self->streamer_->OnConnected(generation); };
+  callbacks.on_accepted = [self](uint64_t generation) {
+    self->loop_->Post(ReinstateOrder{self->client_->accepted_by()}).IgnoreError();
+    self->streamer_->OnConnected(generation);
+  };
   callbacks.on_lost = [self] { self->streamer_->OnDisconnected(); };
   callbacks.on_envelope = [self](uint64_t generation, wire::pb::Envelope envelope) {
     self->Dispatch(generation, std::move(envelope));

@@ -336,6 +336,28 @@ TEST_F(WorkerTest, QuarantineStopsTheReplicasAndRefusesNewSessions) {
   EXPECT_FALSE(supervisor_->replica(Id(14))->finished);
 }
 
+TEST_F(WorkerTest, AnAcceptedRegistrationEndsTheQuarantine) {
+  ASSERT_NO_FATAL_FAILURE(StartWorker(Config()));
+  wire::pb::Envelope quarantine;
+  quarantine.mutable_quarantine()->set_reason("test");
+  ASSERT_OK(supervisor_->Send(quarantine));
+  ASSERT_OK(supervisor_->Assign(MakeAssign(17, 8, 8)));
+  ASSERT_TRUE(supervisor_->WaitUntil([&] { return supervisor_->errors().size() == 1; }, kWait));
+  EXPECT_EQ(supervisor_->errors()[0].session_id(), Wire(Id(17)));
+  // An operator's release makes the supervisor close the stream; the worker registers again and
+  // is accepted, which lifts its own quarantine.
+  const int registrations = supervisor_->registrations();
+  supervisor_->DropConnection();
+  ASSERT_TRUE(supervisor_->WaitUntil(
+      [&] { return supervisor_->registrations() > registrations && supervisor_->connected(); },
+      kWait));
+  ASSERT_OK(supervisor_->Assign(MakeAssign(18, 8, 8)));
+  ASSERT_TRUE(
+      supervisor_->WaitUntil([&] { return supervisor_->replica(Id(18))->finished; }, kWait));
+  EXPECT_EQ(Leaves(18), Expected(18, 8));
+  EXPECT_EQ(supervisor_->errors().size(), 1u);
+}
+
 TEST_F(WorkerTest, AbortedSessionStopsItsReplicaOnly) {
   supervisor_->SetAutoCommit(false);
   ASSERT_NO_FATAL_FAILURE(StartWorker(Config()));

@@ -562,8 +562,7 @@ ApiAction Api::ReleaseWorker(const HttpRequest& request, std::string_view worker
   body["worker_id"] = std::string(worker_id);
   body["released"] = true;
   body["note"] =
-      "the worker is active again once it registers; restart its process, which keeps the "
-      "quarantine it was told about";
+      "the supervisor closes the worker's stream; the worker is active again once it registers";
   action.reply = JsonReply(202, body);
   action.append = std::move(record);
   return action;
