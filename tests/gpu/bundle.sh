@@ -9,8 +9,7 @@
 #   DEST       default /work/main/.devbuild (ignored by git); emptied first
 # Layout: DEST/kernels/... and DEST/node/... (the binaries, same relative paths as in the build),
 # DEST/lib (shared libraries), DEST/baselines (the *_baseline.py scripts of kernels/ and node/),
-# DEST/run_all.sh,
-# DEST/MANIFEST. On the GPU machine:
+# DEST/src (test data the GPU tests read), DEST/run_all.sh, DEST/MANIFEST. On the GPU machine:
 #   DEST/run_all.sh DEST OUT_DIR
 # which puts DEST/lib on LD_LIBRARY_PATH itself.
 # Fails if a library cannot be resolved, if the CUDA runtime is linked dynamically (it must be
@@ -63,6 +62,9 @@ cp "$here/run_all.sh" "$dest/run_all.sh"
 mkdir -p "$dest/baselines"
 find "$here/../../kernels" "$here/../../node" -name '*_baseline.py' \
   -exec cp {} "$dest/baselines/" \;
+# Test data the GPU tests read through FP_SOURCE_DIR (run_all.sh points it at DEST/src).
+mkdir -p "$dest/src/tests/hf_parity"
+cp -r "$here/../hf_parity/data" "$dest/src/tests/hf_parity/"
 
 (cd "$dest" && find . -type f ! -name MANIFEST -printf '%10s %p\n' | sort -k2) >"$dest/MANIFEST"
 bytes=$(du -sb "$dest" | cut -f1)

@@ -23,6 +23,16 @@ out="${2:?usage: run_all.sh BUILD_DIR OUT_DIR}"
 timeout_s="${FP_GPU_TIMEOUT_S:-900}"
 build="$(cd "$build" && pwd)" || exit 1
 mkdir -p "$out" && out="$(cd "$out" && pwd)" || exit 1
+# Tests that read data from the source tree find it through FP_SOURCE_DIR: a bundle's copy, else
+# the tree this script belongs to.
+if [[ -z "${FP_SOURCE_DIR:-}" ]]; then
+  if [[ -d "$build/src" ]]; then
+    export FP_SOURCE_DIR="$build/src"
+  else
+    FP_SOURCE_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+    export FP_SOURCE_DIR
+  fi
+fi
 if [[ -d "$build/lib" ]]; then
   export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
