@@ -20,47 +20,18 @@
 #include "kernels/base/fixed_math.h"
 #include "kernels/base/half.h"
 #include "kernels/norm/rms_norm.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
 
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
+
 using ::fp::testing::StatusIs;
 using Bits = std::vector<uint16_t>;
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(&data_, bytes == 0 ? 1 : bytes) == cudaSuccess);
-    FP_CHECK(cudaMemset(data_, 0, bytes == 0 ? 1 : bytes) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-};
-
-template <typename T>
-void Upload(T* device, const std::vector<T>& host) {
-  FP_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) ==
-           cudaSuccess);
-}
-
-template <typename T>
-std::vector<T> Download(const T* device, size_t count) {
-  FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  std::vector<T> host(count);
-  FP_CHECK(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost) ==
-           cudaSuccess);
-  return host;
-}
 
 Bits RandomBf16(size_t count, float scale, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, scale);
@@ -100,11 +71,11 @@ class ActivationGpuTest : public ::testing::Test {
 
   Bits RunSwiGlu(const Bits& gate, const Bits& up, int64_t rows, int64_t width, int offset = 0) {
     DeviceBuffer g((gate.size() + 8) * 2), u((up.size() + 8) * 2), o((gate.size() + 8) * 2);
-    Upload(g.as<uint16_t>() + offset, gate);
-    Upload(u.as<uint16_t>() + offset, up);
-    EXPECT_OK(LaunchSwiGlu(g.as<uint16_t>() + offset, u.as<uint16_t>() + offset,
-                           o.as<uint16_t>() + offset, rows, width, stream_));
-    return Download(o.as<uint16_t>() + offset, gate.size());
+    Upload(g.get<uint16_t>() + offset, gate);
+    Upload(u.get<uint16_t>() + offset, up);
+    EXPECT_OK(LaunchSwiGlu(g.get<uint16_t>() + offset, u.get<uint16_t>() + offset,
+                           o.get<uint16_t>() + offset, rows, width, stream_));
+    return Download(o.get<uint16_t>() + offset, gate.size());
   }
 
   cudaStream_t stream_ = nullptr;
@@ -125,10 +96,10 @@ TEST_F(ActivationGpuTest, DeviceExpMatchesCpuExpBitwise) {
   }
   const int n = static_cast<int>(inputs.size());
   DeviceBuffer in(n * 4), out(n * 4);
-  Upload(in.as<float>(), inputs);
-  ExpKernel<<<(n + 255) / 256, 256, 0, stream_>>>(in.as<float>(), out.as<float>(), n);
+  Upload(in.get<float>(), inputs);
+  ExpKernel<<<(n + 255) / 256, 256, 0, stream_>>>(in.get<float>(), out.get<float>(), n);
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
-  const std::vector<float> gpu = Download(out.as<float>(), n);
+  const std::vector<float> gpu = Download(out.get<float>(), n);
   for (int i = 0; i < n; ++i) {
     const float cpu = ExpF32(inputs[i]);
     if (std::isnan(cpu)) {
@@ -178,16 +149,17 @@ TEST_F(ActivationGpuTest, SwiGluLayoutsAndShapesAgree) {
       std::copy_n(up.begin() + r * width, width, fused.begin() + (2 * r + 1) * width);
     }
     DeviceBuffer dfused(fused.size() * 2), dout(gate.size() * 2);
-    Upload(dfused.as<uint16_t>(), fused);
-    ASSERT_OK(LaunchSwiGluFused(dfused.as<uint16_t>(), dout.as<uint16_t>(), rows, width, stream_));
-    EXPECT_EQ(Download(dout.as<uint16_t>(), gate.size()), separate) << width;
+    Upload(dfused.get<uint16_t>(), fused);
+    ASSERT_OK(
+        LaunchSwiGluFused(dfused.get<uint16_t>(), dout.get<uint16_t>(), rows, width, stream_));
+    EXPECT_EQ(Download(dout.get<uint16_t>(), gate.size()), separate) << width;
     // In place into gate, as the CPU backend does.
     DeviceBuffer g(gate.size() * 2), u(up.size() * 2);
-    Upload(g.as<uint16_t>(), gate);
-    Upload(u.as<uint16_t>(), up);
-    ASSERT_OK(
-        LaunchSwiGlu(g.as<uint16_t>(), u.as<uint16_t>(), g.as<uint16_t>(), rows, width, stream_));
-    EXPECT_EQ(Download(g.as<uint16_t>(), gate.size()), separate) << width;
+    Upload(g.get<uint16_t>(), gate);
+    Upload(u.get<uint16_t>(), up);
+    ASSERT_OK(LaunchSwiGlu(g.get<uint16_t>(), u.get<uint16_t>(), g.get<uint16_t>(), rows, width,
+                           stream_));
+    EXPECT_EQ(Download(g.get<uint16_t>(), gate.size()), separate) << width;
   }
 }
 
@@ -198,10 +170,10 @@ TEST_F(ActivationGpuTest, ResidualAddMatchesCpuBitwise) {
     const std::vector<float> df = Widen(delta);
     ASSERT_OK(ResidualAdd(rf.data(), df.data(), count, *pool_));
     DeviceBuffer r(count * 2), d(count * 2);
-    Upload(r.as<uint16_t>(), residual);
-    Upload(d.as<uint16_t>(), delta);
-    ASSERT_OK(LaunchResidualAdd(r.as<uint16_t>(), d.as<uint16_t>(), count, stream_));
-    EXPECT_EQ(Download(r.as<uint16_t>(), count), Narrow(rf)) << count;
+    Upload(r.get<uint16_t>(), residual);
+    Upload(d.get<uint16_t>(), delta);
+    ASSERT_OK(LaunchResidualAdd(r.get<uint16_t>(), d.get<uint16_t>(), count, stream_));
+    EXPECT_EQ(Download(r.get<uint16_t>(), count), Narrow(rf)) << count;
   }
 }
 
@@ -217,12 +189,12 @@ TEST_F(ActivationGpuTest, EmbeddingMatchesCpuBitwise) {
     ASSERT_OK(EmbeddingLookup(ids.data(), table.data(), DType::kBf16, cpu.data(), tokens, vocab,
                               dim, *pool_));
     DeviceBuffer dt(table.size() * 2), di(ids.size() * 4), dout(cpu.size() * 2), flags(4);
-    Upload(dt.as<uint16_t>(), table);
-    Upload(di.as<int32_t>(), ids);
-    ASSERT_OK(LaunchEmbedding(di.as<int32_t>(), dt.as<uint16_t>(), dout.as<uint16_t>(), tokens,
-                              vocab, dim, flags.as<uint32_t>(), stream_));
-    EXPECT_EQ(Download(dout.as<uint16_t>(), cpu.size()), Narrow(cpu)) << dim;
-    EXPECT_EQ(Download(flags.as<uint32_t>(), 1)[0], 0u);
+    Upload(dt.get<uint16_t>(), table);
+    Upload(di.get<int32_t>(), ids);
+    ASSERT_OK(LaunchEmbedding(di.get<int32_t>(), dt.get<uint16_t>(), dout.get<uint16_t>(), tokens,
+                              vocab, dim, flags.get<uint32_t>(), stream_));
+    EXPECT_EQ(Download(dout.get<uint16_t>(), cpu.size()), Narrow(cpu)) << dim;
+    EXPECT_EQ(Download(flags.get<uint32_t>(), 1)[0], 0u);
   }
 }
 
@@ -234,12 +206,12 @@ TEST_F(ActivationGpuTest, BadTokenIdsAreClampedAndFlagged) {
   const Bits table = RandomBf16(vocab * dim, 1.0f, rng_);
   const std::vector<int32_t> ids = {3, -1, 10, 2147483647};
   DeviceBuffer dt(table.size() * 2), di(ids.size() * 4), dout(ids.size() * dim * 2), flags(4);
-  Upload(dt.as<uint16_t>(), table);
-  Upload(di.as<int32_t>(), ids);
-  ASSERT_OK(LaunchEmbedding(di.as<int32_t>(), dt.as<uint16_t>(), dout.as<uint16_t>(), 4, vocab, dim,
-                            flags.as<uint32_t>(), stream_));
-  EXPECT_EQ(Download(flags.as<uint32_t>(), 1)[0], kEmbeddingErrorTokenId);
-  const Bits out = Download(dout.as<uint16_t>(), ids.size() * dim);
+  Upload(dt.get<uint16_t>(), table);
+  Upload(di.get<int32_t>(), ids);
+  ASSERT_OK(LaunchEmbedding(di.get<int32_t>(), dt.get<uint16_t>(), dout.get<uint16_t>(), 4, vocab,
+                            dim, flags.get<uint32_t>(), stream_));
+  EXPECT_EQ(Download(flags.get<uint32_t>(), 1)[0], kEmbeddingErrorTokenId);
+  const Bits out = Download(dout.get<uint16_t>(), ids.size() * dim);
   const int64_t clamped[] = {3, 0, 9, 9};
   for (int t = 0; t < 4; ++t) {
     EXPECT_TRUE(std::equal(out.begin() + t * dim, out.begin() + (t + 1) * dim,
@@ -250,9 +222,9 @@ TEST_F(ActivationGpuTest, BadTokenIdsAreClampedAndFlagged) {
 
 TEST_F(ActivationGpuTest, InvalidArgumentsAreRejected) {
   DeviceBuffer buffer(4096);
-  auto* p = buffer.as<uint16_t>();
-  auto* ids = buffer.as<int32_t>() + 512;
-  auto* flags = buffer.as<uint32_t>() + 1000;
+  auto* p = buffer.get<uint16_t>();
+  auto* ids = buffer.get<int32_t>() + 512;
+  auto* flags = buffer.get<uint32_t>() + 1000;
   const auto* odd = reinterpret_cast<uint8_t*>(p) + 1;
   EXPECT_THAT(LaunchSwiGlu(p, p, p, -1, 8, stream_), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchSwiGlu(nullptr, p, p, 1, 8, stream_), StatusIs(StatusCode::kInvalidArgument));

@@ -25,44 +25,20 @@
 #include "kernels/attention/paged_attention_cuda.h"
 #include "kernels/base/half.h"
 #include "kernels/base/thread_pool.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
 
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
+
 using ::fp::testing::StatusIs;
 using Bits = std::vector<uint16_t>;
 
 constexpr uint16_t kBf16NaN = 0x7fc0;
-
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) : bytes_(bytes) {
-    FP_CHECK(cudaMalloc(&data_, bytes == 0 ? 16 : bytes) == cudaSuccess);
-  }
-  template <typename T>
-  explicit DeviceBuffer(const std::vector<T>& host) : DeviceBuffer(host.size() * sizeof(T)) {
-    FP_CHECK(cudaMemcpy(data_, host.data(), bytes_, cudaMemcpyHostToDevice) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T = void>
-  T* get() const {
-    return static_cast<T*>(data_);
-  }
-  template <typename T>
-  std::vector<T> Download() const {
-    FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
-    std::vector<T> host(bytes_ / sizeof(T));
-    FP_CHECK(cudaMemcpy(host.data(), data_, bytes_, cudaMemcpyDeviceToHost) == cudaSuccess);
-    return host;
-  }
-
- private:
-  void* data_ = nullptr;
-  size_t bytes_;
-};
 
 std::vector<float> Widen(const Bits& bits) {
   std::vector<float> out(bits.size());
@@ -758,7 +734,7 @@ TEST_F(PagedAttentionGpuTest, BadArgumentsAreRejectedWithoutLaunching) {
   too_many.num_anchors = kCudaAttentionMaxAnchors + 1;
   const AttentionOptions prefix{AttentionMode::kPrefix, 0.125f};
   const AttentionOptions bad_scale{AttentionMode::kMix, NAN};
-  const auto* misaligned = static_cast<const char*>(q.get()) + 2;
+  const char* misaligned = q.get<const char>() + 2;
   const auto invalid = StatusIs(StatusCode::kInvalidArgument);
   EXPECT_THAT(decode(8, wrong_dim, anchors.set, mix, 64, bytes, q.get()), invalid);
   EXPECT_THAT(decode(8, no_key, anchors.set, mix, 64, bytes, q.get()), invalid);

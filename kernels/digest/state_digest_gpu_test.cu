@@ -21,10 +21,15 @@
 #include "kernels/digest/digest_pipeline.h"
 #include "kernels/digest/sha256_device.cuh"
 #include "kernels/digest/state_digest.cuh"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
+
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
 
 using ::fp::testing::StatusIs;
 using Clock = std::chrono::steady_clock;
@@ -38,21 +43,6 @@ using Clock = std::chrono::steady_clock;
 
 // ---------------------------------------------------------------------------------------------
 // Helpers.
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), bytes == 0 ? 1 : bytes) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  uint8_t* get() const { return data_; }
-
- private:
-  uint8_t* data_ = nullptr;
-};
 
 // A copy from pageable memory may return before its DMA lands, and the tests' streams are not
 // ordered after the legacy stream, so every upload waits for the whole device.

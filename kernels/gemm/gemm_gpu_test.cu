@@ -23,36 +23,21 @@
 #include "kernels/base/thread_pool.h"
 #include "kernels/gemm/gemm.h"
 #include "kernels/gemm/gemm_cuda.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
+
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
 
 using ::fp::testing::StatusIs;
 
 constexpr GemmTile kEveryTile[] = {GemmTile::k32x64, GemmTile::k64x64, GemmTile::k128x128,
                                    GemmTile::k128x256};
 static_assert(std::size(kEveryTile) == kGemmTileCount);
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(reinterpret_cast<void**>(&data_), bytes == 0 ? 16 : bytes) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  uint8_t* get() const { return data_; }
-
- private:
-  uint8_t* data_ = nullptr;
-};
-
-void Upload(const DeviceBuffer& device, const std::vector<uint16_t>& host) {
-  FP_CHECK(cudaMemcpy(device.get(), host.data(), host.size() * 2, cudaMemcpyHostToDevice) ==
-           cudaSuccess);
-}
 
 // Uniform in [-1, 1), rounded to bf16.
 std::vector<uint16_t> RandomBf16(size_t count, std::mt19937_64& rng) {
@@ -102,9 +87,9 @@ class GemmGpuTest : public ::testing::Test {
                 GemmTile tile = GemmTile::kAuto) {
     const size_t y_bytes = static_cast<size_t>(p.m * p.n) * DTypeSize(y_dtype);
     DeviceBuffer x(p.x.size() * 2), w(p.w.size() * 2), residual(p.residual.size() * 2), y(y_bytes);
-    Upload(x, p.x);
-    Upload(w, p.w);
-    Upload(residual, p.residual);
+    Upload(x.get<uint16_t>(), p.x);
+    Upload(w.get<uint16_t>(), p.w);
+    Upload(residual.get<uint16_t>(), p.residual);
     FP_CHECK(cudaMemset(y.get(), 0xff, y_bytes) == cudaSuccess);
     FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
     const Status status = LaunchGemm(x.get(), w.get(), with_residual ? residual.get() : nullptr,
@@ -369,9 +354,9 @@ TEST_F(GemmGpuTest, InPlaceResidualAddMatchesSeparateBuffers) {
   const Problem p = RandomProblem(9, 130, 264, 31);
   const Output separate = RunGpu(p, DType::kBf16, true);
   DeviceBuffer x(p.x.size() * 2), w(p.w.size() * 2), y(p.residual.size() * 2);
-  Upload(x, p.x);
-  Upload(w, p.w);
-  Upload(y, p.residual);
+  Upload(x.get<uint16_t>(), p.x);
+  Upload(w.get<uint16_t>(), p.w);
+  Upload(y.get<uint16_t>(), p.residual);
   ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   ASSERT_OK(LaunchGemm(x.get(), w.get(), y.get(), y.get(), DType::kBf16, p.m, p.n, p.k, stream_));
   ASSERT_EQ(cudaStreamSynchronize(stream_), cudaSuccess);

@@ -17,42 +17,21 @@
 #include "kernels/base/half.h"
 #include "kernels/norm/rms_norm.h"
 #include "kernels/norm/rms_norm_cuda.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
+
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
 
 using ::fp::testing::StatusIs;
 using Bits = std::vector<uint16_t>;
 
 constexpr float kEps = 1e-5f;
 constexpr int64_t kWidths[] = {1, 3, 7, 8, 37, 733, 2048, 4096, 5000, 8192, 16384};
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(&data_, bytes == 0 ? 1 : bytes) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  uint16_t* bf16() const { return static_cast<uint16_t*>(data_); }
-
- private:
-  void* data_ = nullptr;
-};
-
-void Upload(uint16_t* device, const Bits& host) {
-  FP_CHECK(cudaMemcpy(device, host.data(), host.size() * 2, cudaMemcpyHostToDevice) == cudaSuccess);
-}
-
-Bits Download(const uint16_t* device, size_t count) {
-  FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  Bits host(count);
-  FP_CHECK(cudaMemcpy(host.data(), device, count * 2, cudaMemcpyDeviceToHost) == cudaSuccess);
-  return host;
-}
 
 Bits RandomBf16(size_t count, float scale, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, scale);
@@ -115,11 +94,12 @@ class RmsNormGpuTest : public ::testing::Test {
   Bits Run(const Bits& x, const Bits& weight, int64_t rows, int64_t width,
            int offset_elements = 0) {
     DeviceBuffer dx((x.size() + 8) * 2), dw((weight.size() + 8) * 2), dout((x.size() + 8) * 2);
-    Upload(dx.bf16() + offset_elements, x);
-    Upload(dw.bf16() + offset_elements, weight);
-    EXPECT_OK(LaunchRmsNorm(dx.bf16() + offset_elements, dw.bf16() + offset_elements, kEps,
-                            dout.bf16() + offset_elements, rows, width, stream_));
-    return Download(dout.bf16() + offset_elements, x.size());
+    Upload(dx.get<uint16_t>() + offset_elements, x);
+    Upload(dw.get<uint16_t>() + offset_elements, weight);
+    EXPECT_OK(LaunchRmsNorm(dx.get<uint16_t>() + offset_elements,
+                            dw.get<uint16_t>() + offset_elements, kEps,
+                            dout.get<uint16_t>() + offset_elements, rows, width, stream_));
+    return Download(dout.get<uint16_t>() + offset_elements, x.size());
   }
 
   cudaStream_t stream_ = nullptr;
@@ -176,10 +156,11 @@ TEST_F(RmsNormGpuTest, InPlaceEqualsOutOfPlace) {
   const Bits x = RandomBf16(rows * width, 1.0f, rng_);
   const Bits weight = RandomBf16(width, 1.0f, rng_);
   DeviceBuffer dx(x.size() * 2), dw(weight.size() * 2);
-  Upload(dx.bf16(), x);
-  Upload(dw.bf16(), weight);
-  ASSERT_OK(LaunchRmsNorm(dx.bf16(), dw.bf16(), kEps, dx.bf16(), rows, width, stream_));
-  EXPECT_EQ(Download(dx.bf16(), x.size()), Run(x, weight, rows, width));
+  Upload(dx.get<uint16_t>(), x);
+  Upload(dw.get<uint16_t>(), weight);
+  ASSERT_OK(LaunchRmsNorm(dx.get<uint16_t>(), dw.get<uint16_t>(), kEps, dx.get<uint16_t>(), rows,
+                          width, stream_));
+  EXPECT_EQ(Download(dx.get<uint16_t>(), x.size()), Run(x, weight, rows, width));
 }
 
 TEST_F(RmsNormGpuTest, FusedEqualsResidualAddThenNorm) {
@@ -190,22 +171,24 @@ TEST_F(RmsNormGpuTest, FusedEqualsResidualAddThenNorm) {
     const Bits weight = RandomBf16(width, 1.0f, rng_);
     const size_t n = residual.size();
     DeviceBuffer r1(n * 2), r2(n * 2), dd(n * 2), dw(width * 2), o1(n * 2), o2(n * 2);
-    Upload(r1.bf16(), residual);
-    Upload(r2.bf16(), residual);
-    Upload(dd.bf16(), delta);
-    Upload(dw.bf16(), weight);
-    ASSERT_OK(LaunchFusedAddRmsNorm(r1.bf16(), dd.bf16(), dw.bf16(), kEps, o1.bf16(), rows, width,
-                                    stream_));
-    ASSERT_OK(LaunchResidualAdd(r2.bf16(), dd.bf16(), rows * width, stream_));
-    ASSERT_OK(LaunchRmsNorm(r2.bf16(), dw.bf16(), kEps, o2.bf16(), rows, width, stream_));
-    const Bits fused_residual = Download(r1.bf16(), n);
-    EXPECT_EQ(fused_residual, Download(r2.bf16(), n));
-    EXPECT_EQ(Download(o1.bf16(), n), Download(o2.bf16(), n));
+    Upload(r1.get<uint16_t>(), residual);
+    Upload(r2.get<uint16_t>(), residual);
+    Upload(dd.get<uint16_t>(), delta);
+    Upload(dw.get<uint16_t>(), weight);
+    ASSERT_OK(LaunchFusedAddRmsNorm(r1.get<uint16_t>(), dd.get<uint16_t>(), dw.get<uint16_t>(),
+                                    kEps, o1.get<uint16_t>(), rows, width, stream_));
+    ASSERT_OK(LaunchResidualAdd(r2.get<uint16_t>(), dd.get<uint16_t>(), rows * width, stream_));
+    ASSERT_OK(LaunchRmsNorm(r2.get<uint16_t>(), dw.get<uint16_t>(), kEps, o2.get<uint16_t>(), rows,
+                            width, stream_));
+    const Bits fused_residual = Download(r1.get<uint16_t>(), n);
+    EXPECT_EQ(fused_residual, Download(r2.get<uint16_t>(), n));
+    EXPECT_EQ(Download(o1.get<uint16_t>(), n), Download(o2.get<uint16_t>(), n));
     // The new residual is the CPU's f32 sum rounded once.
     for (size_t i = 0; i < n; ++i) {
       ASSERT_EQ(fused_residual[i], F32ToBf16(Bf16ToF32(residual[i]) + Bf16ToF32(delta[i])));
     }
-    EXPECT_EQ(Download(o1.bf16(), n), EmulateGpuRmsNorm(fused_residual, weight, rows, width));
+    EXPECT_EQ(Download(o1.get<uint16_t>(), n),
+              EmulateGpuRmsNorm(fused_residual, weight, rows, width));
   }
 }
 
@@ -230,7 +213,7 @@ TEST_F(RmsNormGpuTest, RunTwiceAndSingleVersusBatchedBitwise) {
 
 TEST_F(RmsNormGpuTest, InvalidArgumentsAreRejected) {
   DeviceBuffer buffer(4096);
-  uint16_t* p = buffer.bf16();
+  uint16_t* p = buffer.get<uint16_t>();
   EXPECT_THAT(LaunchRmsNorm(p, p, kEps, p, 1, 0, stream_), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(LaunchRmsNorm(p, p, kEps, p, 1, kRmsNormMaxWidth + 1, stream_),
               StatusIs(StatusCode::kInvalidArgument));

@@ -15,47 +15,18 @@
 #include "kernels/base/half.h"
 #include "kernels/rope/rope.h"
 #include "kernels/rope/rope_cuda.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
 
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
+
 using ::fp::testing::StatusIs;
 using Bits = std::vector<uint16_t>;
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(&data_, bytes == 0 ? 1 : bytes) == cudaSuccess);
-    FP_CHECK(cudaMemset(data_, 0, bytes == 0 ? 1 : bytes) == cudaSuccess);
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-};
-
-template <typename T>
-void Upload(T* device, const std::vector<T>& host) {
-  FP_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) ==
-           cudaSuccess);
-}
-
-template <typename T>
-std::vector<T> Download(const T* device, size_t count) {
-  FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  std::vector<T> host(count);
-  FP_CHECK(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost) ==
-           cudaSuccess);
-  return host;
-}
 
 Bits RandomBf16(size_t count, std::mt19937& rng) {
   std::normal_distribution<float> normal(0.0f, 2.0f);
@@ -97,18 +68,18 @@ class RopeGpuTest : public ::testing::Test {
     DeviceBuffer cos(table_bytes), sin(table_bytes), dq((q.size() + 8) * 2), dk((k.size() + 8) * 2),
         dpos(positions.size() * 4), flags(4);
     StatusOr<RopeDeviceTable> device =
-        CopyRopeTableToDevice(table, cos.as<float>(), sin.as<float>(), stream_);
+        CopyRopeTableToDevice(table, cos.get<float>(), sin.get<float>(), stream_);
     EXPECT_OK(device);
-    Upload(dq.as<uint16_t>() + offset_elements, q);
-    if (!k.empty()) Upload(dk.as<uint16_t>() + offset_elements, k);
-    Upload(dpos.as<int32_t>(), positions);
-    EXPECT_OK(LaunchRope(*device, dq.as<uint16_t>() + offset_elements,
-                         kv_heads > 0 ? dk.as<uint16_t>() + offset_elements : nullptr,
-                         dpos.as<int32_t>(), static_cast<int64_t>(positions.size()), q_heads,
-                         kv_heads, table.head_dim(), flags.as<uint32_t>(), stream_));
-    return {Download(dq.as<uint16_t>() + offset_elements, q.size()),
-            Download(dk.as<uint16_t>() + offset_elements, k.size()),
-            Download(flags.as<uint32_t>(), 1)[0]};
+    Upload(dq.get<uint16_t>() + offset_elements, q);
+    if (!k.empty()) Upload(dk.get<uint16_t>() + offset_elements, k);
+    Upload(dpos.get<int32_t>(), positions);
+    EXPECT_OK(LaunchRope(*device, dq.get<uint16_t>() + offset_elements,
+                         kv_heads > 0 ? dk.get<uint16_t>() + offset_elements : nullptr,
+                         dpos.get<int32_t>(), static_cast<int64_t>(positions.size()), q_heads,
+                         kv_heads, table.head_dim(), flags.get<uint32_t>(), stream_));
+    return {Download(dq.get<uint16_t>() + offset_elements, q.size()),
+            Download(dk.get<uint16_t>() + offset_elements, k.size()),
+            Download(flags.get<uint32_t>(), 1)[0]};
   }
 
   // Where q and k rows sit inside one device buffer: row t of q at element q_offset + t * q_stride,
@@ -146,17 +117,17 @@ class RopeGpuTest : public ::testing::Test {
     DeviceBuffer cos(table_bytes), sin(table_bytes), data(image.size() * 2),
         dpos(positions.size() * 4), flags(4);
     StatusOr<RopeDeviceTable> device =
-        CopyRopeTableToDevice(table, cos.as<float>(), sin.as<float>(), stream_);
+        CopyRopeTableToDevice(table, cos.get<float>(), sin.get<float>(), stream_);
     EXPECT_OK(device);
-    Upload(data.as<uint16_t>(), image);
-    Upload(dpos.as<int32_t>(), positions);
-    uint16_t* base = data.as<uint16_t>();
+    Upload(data.get<uint16_t>(), image);
+    Upload(dpos.get<int32_t>(), positions);
+    uint16_t* base = data.get<uint16_t>();
     EXPECT_OK(LaunchRope(*device, base + layout.q_offset, layout.q_stride,
                          kv_heads > 0 ? base + layout.k_offset : nullptr, layout.k_stride,
-                         dpos.as<int32_t>(), tokens, q_heads, kv_heads, table.head_dim(),
-                         flags.as<uint32_t>(), stream_));
+                         dpos.get<int32_t>(), tokens, q_heads, kv_heads, table.head_dim(),
+                         flags.get<uint32_t>(), stream_));
     const Bits after = Download(base, image.size());
-    Output out{Bits(q.size()), Bits(k.size()), Download(flags.as<uint32_t>(), 1)[0]};
+    Output out{Bits(q.size()), Bits(k.size()), Download(flags.get<uint32_t>(), 1)[0]};
     int64_t changed_elsewhere = 0;
     for (size_t i = 0; i < after.size(); ++i)
       changed_elsewhere += !owned[i] && after[i] != image[i];
@@ -325,12 +296,12 @@ TEST_F(RopeGpuTest, InvalidArgumentsAreRejected) {
   ASSERT_OK_AND_ASSIGN(RopeTable table, RopeTable::Create(DefaultConfig(64)));
   DeviceBuffer cos(RopeDeviceTableBytes(table)), sin(RopeDeviceTableBytes(table)), data(4096);
   ASSERT_OK_AND_ASSIGN(RopeDeviceTable device,
-                       CopyRopeTableToDevice(table, cos.as<float>(), sin.as<float>(), stream_));
-  EXPECT_THAT(CopyRopeTableToDevice(table, nullptr, sin.as<float>(), stream_).status(),
+                       CopyRopeTableToDevice(table, cos.get<float>(), sin.get<float>(), stream_));
+  EXPECT_THAT(CopyRopeTableToDevice(table, nullptr, sin.get<float>(), stream_).status(),
               StatusIs(StatusCode::kInvalidArgument));
-  auto* q = data.as<uint16_t>();
-  auto* positions = data.as<int32_t>() + 512;
-  auto* flags = data.as<uint32_t>() + 1000;
+  auto* q = data.get<uint16_t>();
+  auto* positions = data.get<int32_t>() + 512;
+  auto* flags = data.get<uint32_t>() + 1000;
   EXPECT_THAT(LaunchRope(device, q, q, positions, 1, 1, 1, 32, flags, stream_),
               StatusIs(StatusCode::kInvalidArgument));  // head_dim mismatch
   EXPECT_THAT(LaunchRope(device, q, q, positions, -1, 1, 1, 64, flags, stream_),

@@ -16,48 +16,19 @@
 #include "kernels/base/half.h"
 #include "kernels/sampling/sampler.h"
 #include "kernels/sampling/sampler_cuda.h"
+#include "tests/testutil/device_buffer.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::kernels {
 namespace {
 
+using ::fp::testing::DeviceBuffer;
+using ::fp::testing::Download;
+using ::fp::testing::Upload;
+
 using ::fp::testing::StatusIs;
 
 constexpr float kInfinity = std::numeric_limits<float>::infinity();
-
-// Device memory owned by a test; aborts on allocation failure (a broken test machine).
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t bytes) {
-    FP_CHECK(cudaMalloc(&data_, bytes == 0 ? 1 : bytes) == cudaSuccess);
-    FP_CHECK(cudaMemset(data_, 0xff, bytes == 0 ? 1 : bytes) == cudaSuccess);  // poison
-  }
-  ~DeviceBuffer() { cudaFree(data_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(data_);
-  }
-
- private:
-  void* data_ = nullptr;
-};
-
-template <typename T>
-void Upload(T* device, const std::vector<T>& host) {
-  FP_CHECK(cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice) ==
-           cudaSuccess);
-}
-
-template <typename T>
-std::vector<T> Download(const T* device, size_t count) {
-  FP_CHECK(cudaDeviceSynchronize() == cudaSuccess);
-  std::vector<T> host(count);
-  FP_CHECK(cudaMemcpy(host.data(), device, count * sizeof(T), cudaMemcpyDeviceToHost) ==
-           cudaSuccess);
-  return host;
-}
 
 struct Batch {
   int32_t vocab;
@@ -78,14 +49,16 @@ class SamplerGpuTest : public ::testing::Test {
     DeviceBuffer logits(b.logits.size() * 4), params(b.params.size() * sizeof(SamplingParams)),
         steps(b.steps.size() * 8), tokens(b.params.size() * 4), workspace(workspace_bytes),
         flags(4);
-    FP_CHECK(cudaMemset(flags.as<uint32_t>(), 0, 4) == cudaSuccess);
-    Upload(logits.as<float>(), b.logits);
-    Upload(params.as<SamplingParams>(), b.params);
-    Upload(steps.as<uint64_t>(), b.steps);
-    EXPECT_OK(LaunchSampleTokens(logits.as<float>(), b.rows(), b.vocab, params.as<SamplingParams>(),
-                                 steps.as<uint64_t>(), tokens.as<int32_t>(), workspace.as<void>(),
-                                 workspace_bytes, flags.as<uint32_t>(), stream_));
-    return {Download(tokens.as<int32_t>(), b.params.size()), Download(flags.as<uint32_t>(), 1)[0]};
+    FP_CHECK(cudaMemset(flags.get<uint32_t>(), 0, 4) == cudaSuccess);
+    Upload(logits.get<float>(), b.logits);
+    Upload(params.get<SamplingParams>(), b.params);
+    Upload(steps.get<uint64_t>(), b.steps);
+    EXPECT_OK(LaunchSampleTokens(logits.get<float>(), b.rows(), b.vocab,
+                                 params.get<SamplingParams>(), steps.get<uint64_t>(),
+                                 tokens.get<int32_t>(), workspace.get<void>(), workspace_bytes,
+                                 flags.get<uint32_t>(), stream_));
+    return {Download(tokens.get<int32_t>(), b.params.size()),
+            Download(flags.get<uint32_t>(), 1)[0]};
   }
 
   // Row r of the batch as the CPU sampler sees it.
@@ -217,12 +190,12 @@ TEST_F(SamplerGpuTest, InvalidArgumentsAreRejected) {
   EXPECT_EQ(SamplerWorkspaceBytes(2, 0), -1);
   EXPECT_EQ(SamplerWorkspaceBytes(kSamplerMaxRows + 1, 100), -1);
   DeviceBuffer buffer(bytes + 4096), workspace(bytes);
-  auto* logits = buffer.as<float>();
-  auto* params = reinterpret_cast<SamplingParams*>(buffer.as<uint8_t>() + 1024);
-  auto* steps = reinterpret_cast<uint64_t*>(buffer.as<uint8_t>() + 2048);
-  auto* tokens = reinterpret_cast<int32_t*>(buffer.as<uint8_t>() + 3072);
-  auto* flags = reinterpret_cast<uint32_t*>(buffer.as<uint8_t>() + 3584);
-  void* ws = workspace.as<void>();
+  auto* logits = buffer.get<float>();
+  auto* params = reinterpret_cast<SamplingParams*>(buffer.get<uint8_t>() + 1024);
+  auto* steps = reinterpret_cast<uint64_t*>(buffer.get<uint8_t>() + 2048);
+  auto* tokens = reinterpret_cast<int32_t*>(buffer.get<uint8_t>() + 3072);
+  auto* flags = reinterpret_cast<uint32_t*>(buffer.get<uint8_t>() + 3584);
+  void* ws = workspace.get<void>();
   EXPECT_THAT(
       LaunchSampleTokens(logits, 2, 100, params, steps, tokens, ws, bytes - 1, flags, stream_),
       StatusIs(StatusCode::kInvalidArgument));
