@@ -183,11 +183,14 @@ class EtcdLog final : public Log {
   // deleted then; calling again is safe), Aborted when other trimmers kept winning, DataLoss when
   // meta/trimmed is malformed. One Trim runs at a time per EtcdLog; concurrent Trims of several
   // supervisors are safe (meta/trimmed only moves forward, by compare-and-swap).
-  StatusOr<uint64_t> Trim(uint64_t below);
+  StatusOr<uint64_t> Trim(uint64_t below) override;
 
   // Refuses new appends (Unavailable), writes what is queued (within each append's deadline),
   // completes every callback and stops both threads. Idempotent.
-  void Close();
+  void Close() override;
+
+  // The records live in etcd, not on this machine's disk.
+  uint64_t ApproximateBytes() const override { return 0; }
 
   Stats stats() const;
 

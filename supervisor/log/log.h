@@ -52,13 +52,26 @@ class Log {
 
   // The first position Read can return: records below it were trimmed (applied everywhere and
   // covered by a signed checkpoint). 0 for a log that was never trimmed.
-  virtual uint64_t Begin() const { return 0; }
+  virtual uint64_t Begin() const = 0;
 
   // One past the last durable position.
   virtual uint64_t End() const = 0;
 
   // Blocks until End() > position, the timeout passes, or the log closes; returns End().
   virtual uint64_t WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const = 0;
+
+  // Deletes a bounded run of the oldest records, at most up to `below` (a backend may keep some,
+  // e.g. the last record), with their idempotency keys except Admit ones. The caller guarantees
+  // that everything that could replay those records has applied them durably and that a signed
+  // checkpoint covers them. Returns the new Begin(). Errors from storage; calling again is safe.
+  virtual StatusOr<uint64_t> Trim(uint64_t below) = 0;
+
+  // Refuses new appends (Unavailable), makes what is queued durable (or fails it), completes
+  // every callback and stops the log's threads. Idempotent.
+  virtual void Close() = 0;
+
+  // Approximate bytes the log keeps on this machine's disk; 0 for a log kept elsewhere.
+  virtual uint64_t ApproximateBytes() const = 0;
 };
 
 // Appends and blocks until the record is durable; returns its position or the append's error.

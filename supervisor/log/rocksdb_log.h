@@ -72,12 +72,12 @@ class RocksLog final : public Log {
   // supervisor applied them durably and that a signed checkpoint covers them: nothing can replay
   // them afterwards. Returns the new Begin(). Unavailable or DataLoss from storage (nothing is
   // trimmed then).
-  StatusOr<uint64_t> Trim(uint64_t before);
+  StatusOr<uint64_t> Trim(uint64_t before) override;
   uint64_t WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const override;
 
   // Refuses new appends (Unavailable), writes everything already queued, completes its callbacks
   // and stops the writer thread. Idempotent.
-  void Close();
+  void Close() override;
 
   struct Stats {
     uint64_t groups = 0;      // synced WriteBatches
@@ -87,7 +87,7 @@ class RocksLog final : public Log {
   };
   Stats stats() const;
   // Approximate bytes on disk of the records and keys.
-  uint64_t ApproximateBytes() const;
+  uint64_t ApproximateBytes() const override;
 
  private:
   struct Pending {

@@ -280,15 +280,12 @@ Status Supervisor::OpenLog() {
   switch (options_.log_backend) {
     case LogBackend::kRocksDb: {
       const std::filesystem::path dir = std::filesystem::path(options_.data_dir) / "log";
-      FP_ASSIGN_OR_RETURN(std::unique_ptr<RocksLog> log, RocksLog::Open(dir.string()));
-      rocks_log_ = log.get();
-      log_ = std::move(log);
+      FP_ASSIGN_OR_RETURN(log_, RocksLog::Open(dir.string()));
       return OkStatus();
     }
     case LogBackend::kEtcd: {
       StatusOr<std::unique_ptr<EtcdLog>> log = OpenEtcdLog(options_.etcd);
       if (!log.ok()) return log.status().WithContext("open the etcd log");
-      etcd_log_ = log->get();
       log_ = std::move(log).value();
       LogInfo("supervisor", "etcd log opened",
               {{"prefix", options_.etcd.prefix}, {"end", log_->End()}, {"begin", log_->Begin()}});
@@ -520,8 +517,8 @@ void Supervisor::ProposePlacementExpiries() {
 }
 
 Status Supervisor::TrimLog() {
-  // Start refuses log retention with the etcd backend (see there), so the log is a RocksLog.
-  FP_CHECK(rocks_log_ != nullptr);
+  // Start refuses log retention with the etcd backend (see there).
+  FP_CHECK(options_.log_backend == LogBackend::kRocksDb);
   StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
   if (latest.status().code() == StatusCode::kNotFound) return OkStatus();
   FP_RETURN_IF_ERROR(latest.status());
@@ -536,8 +533,8 @@ Status Supervisor::TrimLog() {
   FP_RETURN_IF_ERROR(state_->Flush());
   const uint64_t covered = std::min(applied, body->position() + 1);
   if (covered <= options_.log_retention_records) return OkStatus();
-  const uint64_t before = rocks_log_->Begin();
-  FP_ASSIGN_OR_RETURN(uint64_t begin, rocks_log_->Trim(covered - options_.log_retention_records));
+  const uint64_t before = log_->Begin();
+  FP_ASSIGN_OR_RETURN(uint64_t begin, log_->Trim(covered - options_.log_retention_records));
   if (begin > before) {
     LogInfo("supervisor", "log trimmed", {{"from", before}, {"to", begin}});
   }
@@ -555,9 +552,9 @@ void Supervisor::UpdateGauges() {
   const uint64_t applied = applier_->applied();
   metrics_->apply_lag.Set(static_cast<double>(end > applied ? end - applied : 0));
   // An etcd log's size is the cluster's (etcd exports it), not this supervisor's RocksDB's.
-  if (rocks_log_ != nullptr) {
+  if (options_.log_backend == LogBackend::kRocksDb) {
     metrics_->rocksdb_bytes.Add({{"store", "log"}})
-        .Set(static_cast<double>(rocks_log_->ApproximateBytes()));
+        .Set(static_cast<double>(log_->ApproximateBytes()));
   }
   uint64_t state_bytes = 0;
   for (size_t family = 0; family < kFamilyCount; ++family) {
@@ -612,8 +609,7 @@ Status Supervisor::Drain() {
   }
   if (leader_thread_.joinable()) leader_thread_.join();
   // Queued appends become durable and are acknowledged.
-  if (rocks_log_ != nullptr) rocks_log_->Close();
-  if (etcd_log_ != nullptr) etcd_log_->Close();
+  if (log_ != nullptr) log_->Close();
   {
     std::lock_guard lock(mutex_);
     stop_applier_ = true;

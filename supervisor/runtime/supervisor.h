@@ -133,7 +133,7 @@ class Supervisor {
   struct Metrics;
   explicit Supervisor(const SupervisorOptions& options);
   Status Open(prometheus::Registry& registry);
-  // Opens the backend selected by options_.log_backend into log_ and its typed view.
+  // Opens the backend selected by options_.log_backend into log_.
   Status OpenLog();
   Status StartNetwork(prometheus::Registry& registry);
   void ApplierLoop();
@@ -151,10 +151,6 @@ class Supervisor {
   const SupervisorOptions options_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<Log> log_;
-  // Views of log_ for what only its backend offers (Close; trimming and size for RocksLog):
-  // exactly one is set once the log is open.
-  RocksLog* rocks_log_ = nullptr;
-  EtcdLog* etcd_log_ = nullptr;
   std::unique_ptr<RocksStore> state_;
   std::unique_ptr<Applier> applier_;
   std::unique_ptr<CheckpointSigner> signer_;

@@ -36,7 +36,7 @@ struct EtcdClusterOptions {
 
 class EtcdCluster {
  public:
-  // True when `binary` can be executed (found on PATH), so tests can skip without etcd.
+  // True when `binary` can be executed (found on PATH); tests fail with a clear message without it.
   static bool Available(const std::string& binary = "etcd");
 
   // Creates the certificates (names etcd-0.. and "etcd-client") and starts every member, then
