@@ -166,34 +166,45 @@ __device__ __forceinline__ void LoadStage(const Params& p, uint32_t stage, int w
   }
 }
 
-// The warp's MMAs over the first `steps` k16 steps of one stage, in increasing k.
+// The warp's MMAs of k16 step `s` of one stage.
+template <class C>
+__device__ __forceinline__ void ComputeStep(uint32_t stage, int warp_w, int warp_t, int lane, int s,
+                                            float (&acc)[C::kFragsW][C::kFragsT][4]) {
+  const uint32_t token_stage = stage + C::kTileW * C::kRowBytes;
+  // A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
+  uint32_t a[C::kFragsW][4];
+#pragma unroll
+  for (int f = 0; f < C::kFragsW; ++f) {
+    const int row = (warp_w * C::kFragsW + f) * kMmaW + lane % 16;
+    LoadMatrixX4(a[f], stage + SwizzledOffset(row, 2 * s + lane / 16, C::kRowBytes));
+  }
+  // B for two token fragments at a time, used at once so few registers hold B:
+  // (tokens 0-7, k 0-7), (0-7, k 8-15), (8-15, k 0-7), (8-15, k 8-15).
+#pragma unroll
+  for (int f = 0; f < C::kFragsT; f += 2) {
+    const int row = (warp_t * C::kFragsT + f) * kMmaT + lane % 8 + (lane / 16) * 8;
+    uint32_t b[4];
+    LoadMatrixX4(b, token_stage + SwizzledOffset(row, 2 * s + (lane / 8) % 2, C::kRowBytes));
+#pragma unroll
+    for (int fw = 0; fw < C::kFragsW; ++fw) {
+      Mma(acc[fw][f], a[fw], b[0], b[1]);
+      Mma(acc[fw][f + 1], a[fw], b[2], b[3]);
+    }
+  }
+}
+
+// The warp's MMAs over the first `steps` k16 steps of one stage, in increasing k. A full stage is
+// one straight run of code, so the scheduler can load the next step's fragments while the
+// current step's MMAs run; only the last stage of a k that is not a multiple of kBlockK loops.
 template <class C>
 __device__ __forceinline__ void ComputeStage(uint32_t stage, int warp_w, int warp_t, int lane,
                                              int steps, float (&acc)[C::kFragsW][C::kFragsT][4]) {
-  const uint32_t token_stage = stage + C::kTileW * C::kRowBytes;
+  if (steps >= C::kStepsPerBlock) {
 #pragma unroll
-  for (int s = 0; s < C::kStepsPerBlock; ++s) {
-    if (s >= steps) break;
-    // A: matrices (rows 0-7, k 0-7), (rows 8-15, k 0-7), (rows 0-7, k 8-15), (rows 8-15, k 8-15).
-    uint32_t a[C::kFragsW][4];
-#pragma unroll
-    for (int f = 0; f < C::kFragsW; ++f) {
-      const int row = (warp_w * C::kFragsW + f) * kMmaW + lane % 16;
-      LoadMatrixX4(a[f], stage + SwizzledOffset(row, 2 * s + lane / 16, C::kRowBytes));
-    }
-    // B for two token fragments at a time, used at once so few registers hold B:
-    // (tokens 0-7, k 0-7), (0-7, k 8-15), (8-15, k 0-7), (8-15, k 8-15).
-#pragma unroll
-    for (int f = 0; f < C::kFragsT; f += 2) {
-      const int row = (warp_t * C::kFragsT + f) * kMmaT + lane % 8 + (lane / 16) * 8;
-      uint32_t b[4];
-      LoadMatrixX4(b, token_stage + SwizzledOffset(row, 2 * s + (lane / 8) % 2, C::kRowBytes));
-#pragma unroll
-      for (int fw = 0; fw < C::kFragsW; ++fw) {
-        Mma(acc[fw][f], a[fw], b[0], b[1]);
-        Mma(acc[fw][f + 1], a[fw], b[2], b[3]);
-      }
-    }
+    for (int s = 0; s < C::kStepsPerBlock; ++s) ComputeStep<C>(stage, warp_w, warp_t, lane, s, acc);
+  } else {
+#pragma unroll 1
+    for (int s = 0; s < steps; ++s) ComputeStep<C>(stage, warp_w, warp_t, lane, s, acc);
   }
 }
 
