@@ -8,6 +8,8 @@ namespace fp::node {
 
 bool CudaDeviceAvailable() { return false; }
 
+int CudaDeviceCount() { return 0; }
+
 StatusOr<std::unique_ptr<Backend>> CreateCudaBackend(const CudaBackendOptions&) {
   return UnimplementedError("this fieldprint was built without CUDA (configure with -DFP_CUDA=ON)");
 }

@@ -81,6 +81,12 @@ StatusOr<Event> Event::Create(bool blocking_sync) {
   return event;
 }
 
+StatusOr<Event> Event::CreateTiming() {
+  Event event;
+  FP_RETURN_IF_ERROR(CudaStatus(cudaEventCreate(&event.event_), "timing event"));
+  return event;
+}
+
 Event::~Event() {
   if (event_ != nullptr) cudaEventDestroy(event_);
 }

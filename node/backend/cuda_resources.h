@@ -79,12 +79,15 @@ class Stream {
   cudaStream_t stream_ = nullptr;
 };
 
-// An event without timing (the cheapest kind), for ordering and host waits.
+// An event, by default without timing (the cheapest kind), for ordering and host waits.
 class Event {
  public:
   Event() = default;
   // `blocking_sync`: a host wait sleeps instead of spinning. Internal on a CUDA failure.
   static StatusOr<Event> Create(bool blocking_sync);
+  // An event that records timestamps (cudaEventElapsedTime), for benchmarks. Internal on a CUDA
+  // failure.
+  static StatusOr<Event> CreateTiming();
   ~Event();
   Event(Event&& other) noexcept : event_(std::exchange(other.event_, nullptr)) {}
   Event& operator=(Event&& other) noexcept;

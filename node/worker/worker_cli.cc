@@ -102,6 +102,26 @@ Status ApplyModels(const WorkerFlags& flags, WorkerConfig& config) {
   return OkStatus();
 }
 
+// The limit is the CUDA backend's (kMaxTensorParallel), which this file cannot include in a build
+// without CUDA; the backend checks it again.
+constexpr int kMaxTensorParallelFlag = 8;
+
+Status ApplyTensorParallel(const WorkerFlags& flags, WorkerConfig& config) {
+  if (flags.tensor_parallel < 1 || flags.tensor_parallel > kMaxTensorParallelFlag) {
+    return InvalidArgumentError("--tensor-parallel must be in [1, 8]");
+  }
+  if (!flags.cuda_devices.empty() &&
+      flags.cuda_devices.size() != static_cast<size_t>(flags.tensor_parallel)) {
+    return InvalidArgumentError("--cuda-devices must name one GPU per --tensor-parallel rank");
+  }
+  if (flags.tensor_parallel > 1 && config.engine.backend == node::worker::BackendKind::kCpu) {
+    return InvalidArgumentError("--tensor-parallel needs the CUDA backend");
+  }
+  config.engine.tensor_parallel = flags.tensor_parallel;
+  config.engine.cuda_devices = flags.cuda_devices;
+  return OkStatus();
+}
+
 Status RunWorker(const WorkerConfig& config, LogLevel level, LogFormat format) {
   InitLogging(level, format);
   // Block the signals in every thread; this thread takes them with sigtimedwait.
@@ -163,6 +183,12 @@ void AddWorkerOptions(CLI::App* command, WorkerFlags* f) {
   command->add_option("--backend", f->backend,
                       "cpu, cuda or auto (cuda when a CUDA device exists, else cpu)");
   command->add_option("--threads", f->threads, "CPU threads per engine");
+  command->add_option("--tensor-parallel", f->tensor_parallel,
+                      "GPUs per engine (CUDA backend): 1 to 8, dividing the model's KV heads");
+  command
+      ->add_option("--cuda-devices", f->cuda_devices,
+                   "GPU ordinals of the ranks, e.g. 2,3 (default 0 .. tensor-parallel - 1)")
+      ->delimiter(',');
   command->add_option("--kv-budget-mb", f->kv_budget_mb, "KV cache budget per model (MiB)");
   command->add_option("--prefill-chunk", f->prefill_chunk, "Prefill chunk tokens");
   command->add_option("--max-batch-sequences", f->max_batch_sequences, "Sequences per step");
@@ -202,6 +228,7 @@ StatusOr<WorkerConfig> ResolveWorkerConfig(const CLI::App& command, const Worker
   FP_ASSIGN_OR_RETURN(config.engine.anchor_mode, node::ParseAnchorMode(f.anchor_mode));
   FP_ASSIGN_OR_RETURN(config.engine.backend, node::worker::ParseBackendKind(f.backend));
   config.engine.threads = f.threads;
+  FP_RETURN_IF_ERROR(ApplyTensorParallel(f, config));
   if (f.kv_budget_mb < 1 || f.kv_budget_mb > (int64_t{1} << 20)) {
     return InvalidArgumentError("--kv-budget-mb must be in [1, 1048576]");
   }

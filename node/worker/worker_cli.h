@@ -32,6 +32,8 @@ struct WorkerFlags {
   std::string metrics_address;
   std::string backend = "auto";  // auto, cpu or cuda
   int threads = 1;
+  int tensor_parallel = 1;        // GPUs per engine (CUDA backend)
+  std::vector<int> cuda_devices;  // their ordinals; empty: 0 .. tensor_parallel - 1
   int64_t kv_budget_mb = 256;
   int prefill_chunk = 512;
   int max_batch_sequences = 32;

@@ -1,6 +1,7 @@
 // Tests of `fieldprint worker`'s configuration: flags over the TOML file, the fault injection
-// guard (a [faults] section AND --unsafe-fault-injection, never one alone), and the parsers and
-// policies the command relies on (supervisor addresses, model specs, reconnect backoff).
+// guard (a [faults] section AND --unsafe-fault-injection, never one alone), the tensor-parallel
+// options, and the parsers and policies the command relies on (supervisor addresses, model specs,
+// reconnect backoff).
 #include "node/worker/worker_cli.h"
 
 #include <fstream>
@@ -142,6 +143,26 @@ TEST_F(WorkerCliTest, OutOfRangeValuesAreRefused) {
   EXPECT_THAT(Parse({"--metrics-address", "nowhere"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--reconnect-max-ms", "50"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({}, "no-such-key = 1\n"), StatusIs(StatusCode::kInvalidArgument));
+}
+
+TEST_F(WorkerCliTest, TensorParallelFlagsAndFileKeys) {
+  ASSERT_OK_AND_ASSIGN(WorkerConfig flags,
+                       Parse({"--tensor-parallel", "2", "--cuda-devices", "3,1"}));
+  EXPECT_EQ(flags.engine.tensor_parallel, 2);
+  EXPECT_EQ(flags.engine.cuda_devices, (std::vector<int>{3, 1}));
+  ASSERT_OK_AND_ASSIGN(WorkerConfig file, Parse({}, "tensor-parallel = 4\n"));
+  EXPECT_EQ(file.engine.tensor_parallel, 4);
+  EXPECT_TRUE(file.engine.cuda_devices.empty());
+  ASSERT_OK_AND_ASSIGN(WorkerConfig plain, Parse({}));
+  EXPECT_EQ(plain.engine.tensor_parallel, 1);
+  // Error paths.
+  for (const char* degree : {"0", "9"}) {
+    EXPECT_THAT(Parse({"--tensor-parallel", degree}), StatusIs(StatusCode::kInvalidArgument));
+  }
+  EXPECT_THAT(Parse({"--tensor-parallel", "2", "--cuda-devices", "0"}),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Parse({"--tensor-parallel", "2", "--backend", "cpu"}),
+              StatusIs(StatusCode::kInvalidArgument));
 }
 
 TEST_F(WorkerCliTest, SupervisorAddressesParse) {

@@ -72,7 +72,15 @@ Status CheckReproducible(const wire::pb::Assign& assign, const CatalogEntry& ent
 StatusOr<std::unique_ptr<Backend>> MakeBackend(const EngineSettings& settings) {
   const bool cuda = settings.backend == BackendKind::kCuda ||
                     (settings.backend == BackendKind::kAuto && CudaDeviceAvailable());
-  if (cuda) return CreateCudaBackend(CudaBackendOptions{});
+  if (cuda) {
+    CudaBackendOptions options;
+    options.tensor_parallel = settings.tensor_parallel;
+    options.devices = settings.cuda_devices;
+    return CreateCudaBackend(options);
+  }
+  if (settings.tensor_parallel != 1) {
+    return InvalidArgumentError("tensor parallelism needs the CUDA backend");
+  }
   FP_ASSIGN_OR_RETURN(std::unique_ptr<CpuBackend> cpu, CpuBackend::Create({settings.threads}));
   return std::unique_ptr<Backend>(std::move(cpu));
 }

@@ -57,6 +57,10 @@ StatusOr<BackendKind> ParseBackendKind(std::string_view name);
 struct EngineSettings {
   BackendKind backend = BackendKind::kAuto;
   int threads = 1;  // CPU backend
+  // CUDA backend: GPUs per engine (tensor parallelism; its degree is part of the numerics
+  // profile), and their ordinals (empty: 0 .. tensor_parallel - 1).
+  int tensor_parallel = 1;
+  std::vector<int> cuda_devices;
   int64_t kv_budget_bytes = int64_t{256} << 20;
   int32_t prefill_chunk_tokens = 512;
   int32_t max_batch_sequences = 32;
@@ -77,8 +81,9 @@ struct ModelSlot {
 // Loads `spec` into an engine on the backend `settings` names (kAuto resolved by
 // CudaDeviceAvailable); with `faults`, the backend is wrapped in a FaultyBackend. Errors of
 // Model::Load, AnchorSet::Load/CheckCompatible, the backend (Unimplemented for kCuda in a build
-// without CUDA, FailedPrecondition without a device) and Engine::Create. The caller owns the
-// result.
+// without CUDA, FailedPrecondition without a device or with fewer GPUs than tensor_parallel,
+// InvalidArgument for tensor parallelism on the CPU backend) and Engine::Create. The caller owns
+// the result.
 StatusOr<std::unique_ptr<ModelSlot>> LoadModelSlot(
     const ModelSpec& spec, const EngineSettings& settings,
     const std::optional<FaultyBackendOptions>& faults);

@@ -2,7 +2,8 @@
 # Packs the GPU test and benchmark binaries of a CUDA build, stripped, with the non-system shared
 # libraries they load, into one folder that runs on an Ubuntu 24.04 GPU machine (glibc and
 # libstdc++ there are newer than this Debian 12 build machine's, so only those, the rest of the
-# toolchain runtime and the NVIDIA driver's libcuda are left to the target).
+# toolchain runtime, the NVIDIA driver's libcuda and NCCL's libnccl.so.2 (some 200 MB; GPU
+# machines have their own, /usr/lib/x86_64-linux-gnu on the lent ones) are left to the target).
 #
 # Usage: bundle.sh [BUILD_DIR] [DEST]
 #   BUILD_DIR  default /work/main/build-cuda (configured with -DFP_CUDA=ON and built)
@@ -29,9 +30,9 @@ if [[ ${#binaries[@]} -eq 0 ]]; then
   exit 1
 fi
 
-# glibc's libraries, the GCC runtime and the driver come from the target machine.
+# glibc's libraries, the GCC runtime, the driver and NCCL come from the target machine.
 system_names=(linux-vdso ld-linux libc libm libmvec libpthread libdl librt libresolv libutil libanl
-  'libstdc\+\+' libgcc_s libcuda)
+  'libstdc\+\+' libgcc_s libcuda libnccl)
 system_libraries="^($(IFS='|'; echo "${system_names[*]}"))\\.so"
 readonly system_libraries
 

@@ -36,6 +36,9 @@ fi
 if [[ -d "$build/lib" ]]; then
   export LD_LIBRARY_PATH="$build/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 fi
+# NCCL's NVLink multicast (NVLS) can take a shared host's GPUs out of service; the tensor-parallel
+# tests and benchmarks never need it.
+export NCCL_NVLS_ENABLE=0
 
 mapfile -t binaries < <(find "$build/kernels" "$build/node" -type f -perm -u+x \
   \( -name '*_gpu_test' -o -name '*_gpu_bench' \) 2>/dev/null | sort)
