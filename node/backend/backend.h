@@ -49,7 +49,8 @@ struct BackendIdentity {
   std::string device_kind;  // "cpu", or the GPU's name
   uint32_t compute_capability_major = 0;
   uint32_t compute_capability_minor = 0;
-  std::string kernel_build_id;  // identifies the kernels' numerics
+  std::string kernel_build_id;          // identifies the kernels' numerics
+  uint32_t tensor_parallel_degree = 1;  // GPUs one forward pass is split over
 };
 
 // One sequence's part of a forward pass.

@@ -347,7 +347,7 @@ Status CudaBackend::CreateRanks(const std::vector<int>& devices) {
     ranks_.push_back(std::move(r));
   }
   identity_ = {first.name, static_cast<uint32_t>(first.major), static_cast<uint32_t>(first.minor),
-               CudaKernelBuildId(ranks(), options_.reduction)};
+               CudaKernelBuildId(ranks(), options_.reduction), static_cast<uint32_t>(ranks())};
   if (ranks() > 1) {
     FP_ASSIGN_OR_RETURN(pool_, kernels::ThreadPool::Create(ranks()));
     FP_ASSIGN_OR_RETURN(clique_, cuda::NcclClique::Create(devices));

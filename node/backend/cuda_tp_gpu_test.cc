@@ -342,6 +342,9 @@ TEST_F(CudaTpGpuTest, IdentityNamesTheDegree) {
   const BackendIdentity single = MakeBackend(1)->identity();
   EXPECT_EQ(tp.kernel_build_id, std::string(kCudaKernelBuildId) + "-tp" + std::to_string(kDegree));
   EXPECT_EQ(single.kernel_build_id, kCudaKernelBuildId);
+  // The engine copies the degree into the numerics profile's own field.
+  EXPECT_EQ(tp.tensor_parallel_degree, static_cast<uint32_t>(kDegree));
+  EXPECT_EQ(single.tensor_parallel_degree, 1u);
   EXPECT_EQ(tp.device_kind, single.device_kind);
   EXPECT_EQ(MakeBackend(kDegree, true, TpReduction::kNcclAllReduce)->identity().kernel_build_id,
             tp.kernel_build_id + "-nccl-allreduce");

@@ -74,6 +74,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   p.compute_capability_major = id.compute_capability_major;
   p.compute_capability_minor = id.compute_capability_minor;
   p.kernel_build_id = id.kernel_build_id;
+  p.tensor_parallel_degree = id.tensor_parallel_degree;
   p.dtype = config.dtype;
   // Prefix and mix mode compute different bits from the same anchor set.
   p.determinism_mode = prefix_rows > 0 ? "batch_invariant+anchor_prefix" : "batch_invariant";
