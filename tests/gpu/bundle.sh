@@ -8,13 +8,15 @@
 # Usage: bundle.sh [BUILD_DIR] [DEST]
 #   BUILD_DIR  default /work/main/build-cuda (configured with -DFP_CUDA=ON and built)
 #   DEST       default /work/main/.devbuild (ignored by git); emptied first
-# Layout: DEST/kernels/... and DEST/node/... (the binaries, same relative paths as in the build),
-# DEST/lib (shared libraries), DEST/baselines (the *_baseline.py scripts of kernels/ and node/),
-# DEST/src (test data the GPU tests read), DEST/run_all.sh, DEST/MANIFEST. On the GPU machine:
-#   DEST/run_all.sh DEST OUT_DIR
-# which puts DEST/lib on LD_LIBRARY_PATH itself.
+# Output: DEST/bundle.tar.xz, one folder `bundle` packed (xz: the binaries together are larger
+# than what a device call can carry, packed they are a fifth of it). Its layout: bundle/kernels/...
+# and bundle/node/... (the binaries, same relative paths as in the build), bundle/lib (shared
+# libraries), bundle/baselines (the *_baseline.py scripts of kernels/ and node/), bundle/src (test
+# data the GPU tests read), bundle/run_all.sh, bundle/MANIFEST. On the GPU machine:
+#   tar -xJf DEST/bundle.tar.xz -C /tmp && /tmp/bundle/run_all.sh /tmp/bundle OUT_DIR
+# which puts bundle/lib on LD_LIBRARY_PATH itself.
 # Fails if a library cannot be resolved, if the CUDA runtime is linked dynamically (it must be
-# static: CMAKE_CUDA_RUNTIME_LIBRARY Static), or if the bundle exceeds kMaxBundleMiB.
+# static: CMAKE_CUDA_RUNTIME_LIBRARY Static), or if the archive exceeds kMaxBundleMiB.
 set -euo pipefail
 
 readonly kMaxBundleMiB=60
@@ -37,6 +39,9 @@ system_libraries="^($(IFS='|'; echo "${system_names[*]}"))\\.so"
 readonly system_libraries
 
 rm -rf "$dest"
+mkdir -p "$dest"
+archive="$(cd "$dest" && pwd)/bundle.tar.xz"
+dest="$dest/bundle"
 mkdir -p "$dest/lib"
 for binary in "${binaries[@]}"; do
   relative="${binary#"$build"/}"
@@ -68,10 +73,11 @@ mkdir -p "$dest/src/tests/hf_parity"
 cp -r "$here/../hf_parity/data" "$dest/src/tests/hf_parity/"
 
 (cd "$dest" && find . -type f ! -name MANIFEST -printf '%10s %p\n' | sort -k2) >"$dest/MANIFEST"
-bytes=$(du -sb "$dest" | cut -f1)
+tar -C "$(dirname "$dest")" -cf - bundle | xz -T0 -3 >"$archive"
+rm -rf "$dest"
+bytes=$(stat -c %s "$archive")
 mib=$(((bytes + 1048575) / 1048576))
-libraries=$(find "$dest/lib" -type f | wc -l)
-echo "bundle: ${#binaries[@]} binaries, $libraries libraries, $mib MiB in $dest"
+echo "bundle: ${#binaries[@]} binaries, $mib MiB packed in $archive"
 if ((mib > kMaxBundleMiB)); then
   echo "bundle: over the ${kMaxBundleMiB} MiB limit" >&2
   exit 1
