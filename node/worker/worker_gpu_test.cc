@@ -6,14 +6,18 @@
 // The expectation is independent of the code under test: the two workers must agree with each
 // other, and each root must be the RFC 6962 root of the leaves it covers.
 //
-// Both workers share the machine's first GPU (a second one when present), each with its own
-// backend, weights and KV cache: separate workers in every way a supervisor can see.
+// Both workers share the machine's GPUs, each with its own backend, weights and KV cache:
+// separate workers in every way a supervisor can see. The file builds once per tensor-parallel
+// degree (FP_TP_DEGREE: 1, and 2 with the same digests, streaming and roots through the
+// tensor-parallel backend); a binary exits 77 (skipped) on a machine with fewer GPUs than its
+// degree.
 #include <random>
 
 #include <gtest/gtest.h>
 
 #include "common/merkle/merkle.h"
 #include "common/wire/certs.h"
+#include "node/backend/cuda_backend.h"
 #include "node/model/tiny_model.h"
 #include "node/worker/loopback_supervisor.h"
 #include "node/worker/worker.h"
@@ -26,10 +30,25 @@ namespace {
 using ::fp::testing::TempDir;
 using std::chrono::milliseconds;
 
+constexpr int kDegree = FP_TP_DEGREE;
 constexpr milliseconds kWait{120'000};
 constexpr char kModel[] = "tiny";
 // Sessions of the crowd around the compared ones on the loaded worker.
 constexpr int kCrowd = 40;
+
+// Exits 77 (CTest "skipped") before any test when the machine has fewer GPUs than the degree.
+class EnoughGpus : public ::testing::Environment {
+ public:
+  void SetUp() override {
+    const int found = CudaDeviceCount();
+    if (found >= kDegree) return;
+    std::printf("SKIPPED: tensor-parallel degree %d needs %d GPUs, this machine has %d\n", kDegree,
+                kDegree, found);
+    std::fflush(stdout);
+    std::exit(77);
+  }
+};
+::testing::Environment* const kEnoughGpus = ::testing::AddGlobalTestEnvironment(new EnoughGpus);
 
 SessionId Id(uint8_t tag) {
   SessionId id{};
@@ -74,6 +93,7 @@ class WorkerGpuTest : public ::testing::Test {
     config.models = {{kModel, dir_.Join("model"), ""}};
     config.data_dir = dir_.Join(name);
     config.engine.backend = BackendKind::kCuda;
+    config.engine.tensor_parallel = kDegree;
     config.engine.prefill_chunk_tokens = prefill_chunk;
     config.engine.max_batch_sequences = batch;
     config.max_replicas = 64;
