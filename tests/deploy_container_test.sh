@@ -6,6 +6,8 @@
 # - it fails on a file that is not an ELF object;
 # - every COPY source of the Containerfile exists in the source tree, and the build stage runs
 #   .ci/deps.sh and runtime-packages.sh (no hand-written package list).
+# A CUDA build passes the toolkit's root as a third argument: the libraries under it (NCCL, from
+# NVIDIA's runfile rather than dpkg) are the CUDA variant's, not the CPU image's, and left out.
 # Exits 77 (CTest: skipped) without dpkg (not a Debian machine).
 set -euo pipefail
 binary="${1:?usage: deploy_container_test.sh FIELDPRINT SOURCE_DIR}"
@@ -13,6 +15,12 @@ source_dir="${2:?usage: deploy_container_test.sh FIELDPRINT SOURCE_DIR}"
 shim="$(dirname "$binary")/libfp_sentencepiece.so"
 script="$source_dir/deploy/container/runtime-packages.sh"
 containerfile="$source_dir/deploy/container/Containerfile"
+provided=()
+toolkit=""
+if [[ -n "${3:-}" ]]; then
+  toolkit=$(readlink -f "$3")
+  provided=(--provided-under "$toolkit")
+fi
 if ! command -v dpkg-query >/dev/null; then
   echo "deploy_container: not a Debian system; skipped"
   exit 77
@@ -22,7 +30,7 @@ fail() {
   exit 1
 }
 
-packages=$("$script" "$binary" "$shim")
+packages=$("$script" "${provided[@]}" "$binary" "$shim")
 [[ -n "$packages" ]] || fail "runtime-packages.sh listed nothing"
 files=""
 for package in $packages; do
@@ -32,6 +40,7 @@ for package in $packages; do
 done
 for library in $(ldd "$binary" "$shim" | awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u); do
   real=$(readlink -f "$library")
+  [[ -n "$toolkit" && "$real" == "$toolkit"/* ]] && continue
   found=""
   for path in "$library" "$real" "/usr$library" "/usr$real" "${library#/usr}" "${real#/usr}"; do
     if grep -qxF "$path" <<<"$files"; then found=yes; break; fi
