@@ -17,6 +17,8 @@
 #include "common/crypto/sha256.h"
 #include "common/wire/tls.h"
 #include "supervisor/bench/bench.h"
+#include "supervisor/cluster/bootstrap.h"
+#include "supervisor/cluster/members.h"
 #include "supervisor/fsck.h"
 #include "supervisor/ledger/checkpoints.h"
 #include "supervisor/log/rocksdb_log.h"
@@ -44,6 +46,10 @@ struct RunArgs {
   int64_t drain_timeout_ms = 10'000;
   std::string admin_token_file;
   int64_t log_trim_interval_ms = 10'000;
+  int64_t leader_ttl_ms = 5000;
+  int64_t leader_margin_ms = 1000;
+  int64_t leader_poll_ms = 200;
+  int64_t member_publish_interval_ms = 5000;
   std::string log_backend = "rocksdb";
   std::string etcd_endpoints;  // comma-separated https URLs
   std::string etcd_ca_file;
@@ -156,6 +162,10 @@ Status RunSupervisor(RunArgs& args) {
   options.worker_grace = std::chrono::milliseconds(args.worker_grace_ms);
   options.drain_timeout = std::chrono::milliseconds(args.drain_timeout_ms);
   options.log_trim_interval = std::chrono::milliseconds(args.log_trim_interval_ms);
+  options.leader_ttl = std::chrono::milliseconds(args.leader_ttl_ms);
+  options.leader_margin = std::chrono::milliseconds(args.leader_margin_ms);
+  options.leader_poll_interval = std::chrono::milliseconds(args.leader_poll_ms);
+  options.member_publish_interval = std::chrono::milliseconds(args.member_publish_interval_ms);
   options.metrics_listener = options.metrics_port != 0;
   if (!args.admin_token_file.empty()) {
     FP_ASSIGN_OR_RETURN(options.admin_token, ReadAdminToken(args.admin_token_file));
@@ -232,9 +242,10 @@ Status PrintVerifierKey(const RunArgs& args) {
   return OkStatus();
 }
 
-// `supervisor release-worker`: asks the running supervisor (its HTTP API, with the admin token)
-// to append a WorkerReleased record.
-Status ReleaseWorker(const RunArgs& args, const std::string& worker, const std::string& reason) {
+// POSTs `body` to an admin route of the running supervisor (the config's http-port, with the
+// admin token), prints the reply and expects `expected_status`.
+Status AdminPost(const RunArgs& args, const std::string& target, const std::string& body,
+                 unsigned expected_status) {
   if (args.admin_token_file.empty()) {
     return InvalidArgumentError("--admin-token-file is required (the supervisor's admin token)");
   }
@@ -245,17 +256,60 @@ Status ReleaseWorker(const RunArgs& args, const std::string& worker, const std::
       o.http_address == "0.0.0.0" || o.http_address == "::" ? "127.0.0.1" : o.http_address;
   if (o.http_port == 0) return InvalidArgumentError("--http-port is required");
   supervisor::HttpClient http(host, o.http_port);
-  boost::json::object body;
-  body["reason"] = reason;
-  FP_ASSIGN_OR_RETURN(
-      supervisor::HttpResponse response,
-      http.Request(boost::beast::http::verb::post,
-                   fmt::format("/v1/admin/workers/{}/release", worker),
-                   boost::json::serialize(body), {{"Authorization", "Bearer " + token}}));
+  FP_ASSIGN_OR_RETURN(supervisor::HttpResponse response,
+                      http.Request(boost::beast::http::verb::post, target, body,
+                                   {{"Authorization", "Bearer " + token}}));
   std::printf("%s", response.body.c_str());
-  if (response.status != 202) {
+  if (response.status != expected_status) {
     return AbortedError(fmt::format("the supervisor answered {}", response.status));
   }
+  return OkStatus();
+}
+
+// `supervisor release-worker`: asks the running supervisor to append a WorkerReleased record.
+Status ReleaseWorker(const RunArgs& args, const std::string& worker, const std::string& reason) {
+  boost::json::object body;
+  body["reason"] = reason;
+  return AdminPost(args, fmt::format("/v1/admin/workers/{}/release", worker),
+                   boost::json::serialize(body), 202);
+}
+
+// `supervisor remove-member`: retires a member of the cluster from the member table (through any
+// running member), so that trimming no longer waits for it.
+Status RemoveMember(const RunArgs& args, const std::string& member) {
+  FP_RETURN_IF_ERROR(supervisor::cluster::ValidateMemberName(member));
+  return AdminPost(args, fmt::format("/v1/admin/members/{}/remove", member), "", 200);
+}
+
+// `supervisor bootstrap`: installs a running peer's snapshot into this member's empty data
+// directory (the config's data-dir and tls-name, the peer's admin token).
+Status BootstrapMember(const RunArgs& args, const std::string& from) {
+  if (args.admin_token_file.empty()) {
+    return InvalidArgumentError("--admin-token-file is required (the peer's admin token)");
+  }
+  supervisor::cluster::BootstrapOptions options;
+  options.from = from;
+  options.data_dir = args.options.data_dir;
+  options.member = args.options.tls_name;
+  FP_ASSIGN_OR_RETURN(options.admin_token, ReadAdminToken(args.admin_token_file));
+  FP_ASSIGN_OR_RETURN(supervisor::cluster::BootstrapResult result,
+                      supervisor::cluster::Bootstrap(options));
+  std::printf("bootstrapped %s: state at applied position %llu (%zu files, %llu bytes) from %s\n",
+              options.data_dir.c_str(), static_cast<unsigned long long>(result.applied),
+              result.files, static_cast<unsigned long long>(result.bytes), from.c_str());
+  std::printf("start the supervisor with its ledger key in %s/%s; it catches up from the log\n",
+              options.data_dir.c_str(), std::string(supervisor::kCheckpointKeyFile).c_str());
+  return OkStatus();
+}
+
+// `supervisor backup`: a verified offline copy of a stopped supervisor's data directory.
+Status BackupDataDir(const std::string& data_dir, const std::string& out) {
+  FP_ASSIGN_OR_RETURN(supervisor::cluster::BackupResult result,
+                      supervisor::cluster::Backup(data_dir, out));
+  std::printf("backed up %s to %s: state at applied position %llu%s, fsck clean\n",
+              data_dir.c_str(), out.c_str(), static_cast<unsigned long long>(result.applied),
+              result.with_log ? " and the log" : "");
+  std::printf("keys are not copied: back up %s/*.key separately\n", data_dir.c_str());
   return OkStatus();
 }
 
@@ -337,6 +391,24 @@ void AddRunOptions(CLI::App* command, RunArgs& args) {
       ->check(CLI::PositiveNumber);
   command->add_option("--admin-token-file", args.admin_token_file,
                       "File holding the bearer token of the /v1/admin/ routes (unset: disabled)");
+  command
+      ->add_option("--leader-ttl-ms", args.leader_ttl_ms,
+                   "Cluster: TTL of the leader's etcd lease, whole seconds (a dead leader is "
+                   "replaced within about this long)")
+      ->check(CLI::PositiveNumber);
+  command
+      ->add_option("--leader-margin-ms", args.leader_margin_ms,
+                   "Cluster: a leader stops acting this long before its lease can expire")
+      ->check(CLI::PositiveNumber);
+  command
+      ->add_option("--leader-poll-ms", args.leader_poll_ms,
+                   "Cluster: how often a follower tries to become the leader")
+      ->check(CLI::PositiveNumber);
+  command
+      ->add_option("--member-publish-interval-ms", args.member_publish_interval_ms,
+                   "Cluster: how often this member publishes its applied position (trimming "
+                   "waits for every member's)")
+      ->check(CLI::PositiveNumber);
   command->add_option("--log-level", args.log_level, "debug, info, warn or error");
   command->add_option("--log-format", args.log_format, "text or json");
 }
@@ -371,10 +443,38 @@ void AddSupervisorCommands(CLI::App& app, CLI::App& bench) {
   release->add_option("--worker", *worker, "The worker's id (its certificate name)")->required();
   release->add_option("--reason", *reason, "A note kept in the worker's state");
   SetAction(release, [args, worker, reason] { return ReleaseWorker(*args, *worker, *reason); });
+
+  CLI::App* remove = command->add_subcommand(
+      "remove-member",
+      "Retire a cluster member for good: trimming stops waiting for it (any running member's "
+      "admin route)");
+  remove->fallthrough();
+  auto member = std::make_shared<std::string>();
+  remove->add_option("--member", *member, "The member's name (its tls-name)")->required();
+  SetAction(remove, [args, member] { return RemoveMember(*args, *member); });
+
+  CLI::App* bootstrap = command->add_subcommand(
+      "bootstrap",
+      "Install a running member's state snapshot into this member's empty data dir (then start "
+      "it: it catches up from the log)");
+  bootstrap->fallthrough();
+  auto from = std::make_shared<std::string>();
+  bootstrap->add_option("--from", *from, "The peer's HTTP API: http://HOST:PORT")->required();
+  SetAction(bootstrap, [args, from] { return BootstrapMember(*args, *from); });
+
+  CLI::App* backup = command->add_subcommand(
+      "backup", "Copy a stopped supervisor's data dir (state and log, not keys) and fsck the copy");
+  auto backup_dir = std::make_shared<std::string>();
+  auto backup_out = std::make_shared<std::string>();
+  backup->add_option("--data-dir", *backup_dir, "The supervisor's data directory")->required();
+  backup->add_option("--out", *backup_out, "A new or empty directory for the copy")->required();
+  SetAction(backup, [backup_dir, backup_out] { return BackupDataDir(*backup_dir, *backup_out); });
   // The subcommands must not also start a supervisor, so the run's required options are checked
   // by RunSupervisor rather than by CLI11.
-  SetAction(command, [args, fsck, key, release]() -> Status {
-    if (fsck->parsed() || key->parsed() || release->parsed()) return OkStatus();
+  SetAction(command, [args, fsck, key, release, remove, bootstrap, backup]() -> Status {
+    for (const CLI::App* sub : {fsck, key, release, remove, bootstrap, backup}) {
+      if (sub->parsed()) return OkStatus();
+    }
     return RunSupervisor(*args);
   });
   supervisor::AddBenchCommands(bench);

@@ -4,6 +4,7 @@
 #include <algorithm>
 
 #include <fmt/format.h>
+#include <openssl/rand.h>
 
 #include "common/crypto/sha256.h"
 
@@ -11,7 +12,45 @@ namespace fp::tlog {
 namespace {
 
 constexpr std::string_view kSignatureLinePrefix = "\u2014 ";
+constexpr std::string_view kSignerKeyPrefix = "PRIVATE+KEY+";
 constexpr size_t kKeyIdBytes = 4;
+
+struct KeyFields {
+  std::string_view name;
+  uint32_t key_id = 0;
+  Bytes key;  // 32 bytes after the algorithm byte: a public key, or a seed
+};
+
+// Splits "<name>+<8 hex key ID>+<base64(0x04 || 32 bytes)>", the shape of both cosigner key
+// strings (the private one after its "PRIVATE+KEY+" prefix).
+StatusOr<KeyFields> SplitKeyString(std::string_view text) {
+  const size_t first = text.find('+');
+  const size_t second = first == std::string_view::npos ? first : text.find('+', first + 1);
+  if (second == std::string_view::npos) {
+    return InvalidArgumentError("cosigner key is not <name>+<key ID>+<key>");
+  }
+  const std::string_view id_hex = text.substr(first + 1, second - first - 1);
+  StatusOr<Bytes> id = HexDecode(id_hex);
+  if (id_hex.size() != 2 * kKeyIdBytes || !id.ok()) {
+    return InvalidArgumentError("cosigner key ID must be 8 hex digits");
+  }
+  StatusOr<Bytes> key = Base64Decode(text.substr(second + 1));
+  if (!key.ok()) return InvalidArgumentError("cosigner key is not base64");
+  if (key->size() != 1 + kEd25519PublicKeySize || (*key)[0] != kCosignatureV1Algorithm) {
+    return InvalidArgumentError("cosigner key is not an Ed25519 cosignature/v1 (0x04) key");
+  }
+  KeyFields fields;
+  fields.name = text.substr(0, first);
+  fields.key_id = LoadU32(id->data());
+  fields.key.assign(key->begin() + 1, key->end());
+  return fields;
+}
+
+std::string KeyIdHex(uint32_t key_id) {
+  Bytes id;
+  AppendU32(id, key_id);
+  return HexEncode(id);
+}
 
 }  // namespace
 
@@ -41,37 +80,20 @@ StatusOr<CosignatureVerifier> CosignatureVerifier::FromPublicKey(
 }
 
 StatusOr<CosignatureVerifier> CosignatureVerifier::Parse(std::string_view verifier_key) {
-  const size_t first = verifier_key.find('+');
-  const size_t second = first == std::string_view::npos ? first : verifier_key.find('+', first + 1);
-  if (second == std::string_view::npos) {
-    return InvalidArgumentError("cosigner key is not <name>+<key ID>+<key>");
-  }
-  const std::string_view id_hex = verifier_key.substr(first + 1, second - first - 1);
-  StatusOr<Bytes> id = HexDecode(id_hex);
-  if (id_hex.size() != 2 * kKeyIdBytes || !id.ok()) {
-    return InvalidArgumentError("cosigner key ID must be 8 hex digits");
-  }
-  StatusOr<Bytes> key = Base64Decode(verifier_key.substr(second + 1));
-  if (!key.ok()) return InvalidArgumentError("cosigner key is not base64");
-  if (key->size() != 1 + kEd25519PublicKeySize || (*key)[0] != kCosignatureV1Algorithm) {
-    return InvalidArgumentError("cosigner key is not an Ed25519 cosignature/v1 (0x04) key");
-  }
+  FP_ASSIGN_OR_RETURN(KeyFields fields, SplitKeyString(verifier_key));
   Ed25519PublicBytes public_key;
-  std::copy(key->begin() + 1, key->end(), public_key.begin());
-  FP_ASSIGN_OR_RETURN(CosignatureVerifier verifier,
-                      FromPublicKey(verifier_key.substr(0, first), public_key));
-  if (verifier.key_id_ != LoadU32(id->data())) {
+  std::copy(fields.key.begin(), fields.key.end(), public_key.begin());
+  FP_ASSIGN_OR_RETURN(CosignatureVerifier verifier, FromPublicKey(fields.name, public_key));
+  if (verifier.key_id_ != fields.key_id) {
     return InvalidArgumentError("cosigner key ID does not match the key");
   }
   return verifier;
 }
 
 std::string CosignatureVerifier::ToString() const {
-  Bytes id;
-  AppendU32(id, key_id_);
   Bytes key{kCosignatureV1Algorithm};
   key.insert(key.end(), public_key_.begin(), public_key_.end());
-  return name_ + "+" + HexEncode(id) + "+" + Base64Encode(key);
+  return name_ + "+" + KeyIdHex(key_id_) + "+" + Base64Encode(key);
 }
 
 std::optional<uint64_t> CosignatureVerifier::Verify(std::string_view checkpoint_text,
@@ -86,20 +108,52 @@ std::optional<uint64_t> CosignatureVerifier::Verify(std::string_view checkpoint_
   return timestamp;
 }
 
-Cosigner::Cosigner(std::string name, Ed25519PrivateKey key)
-    : name_(std::move(name)), key_(std::move(key)) {}
+std::string FormatCosignatureLine(const Cosignature& cosignature) {
+  FP_CHECK(IsValidKeyName(cosignature.name));
+  Bytes blob;
+  AppendU32(blob, cosignature.key_id);
+  AppendU64(blob, cosignature.timestamp);
+  blob.insert(blob.end(), cosignature.signature.begin(), cosignature.signature.end());
+  return fmt::format("{}{} {}\n", kSignatureLinePrefix, cosignature.name, Base64Encode(blob));
+}
+
+Cosigner::Cosigner(std::string name, Bytes seed, Ed25519PrivateKey key)
+    : name_(std::move(name)), seed_(std::move(seed)), key_(std::move(key)) {}
 
 StatusOr<Cosigner> Cosigner::FromSeed(std::string_view name, ByteSpan seed) {
   if (!IsValidKeyName(name)) return InvalidArgumentError("cosigner: bad key name");
-  if (seed.size() != 32) return InvalidArgumentError("cosigner: seed must be 32 bytes");
+  if (seed.size() != kEd25519SeedSize)
+    return InvalidArgumentError("cosigner: seed must be 32 bytes");
   FP_ASSIGN_OR_RETURN(Ed25519PrivateKey key, Ed25519PrivateKey::FromSeed(seed));
-  return Cosigner(std::string(name), std::move(key));
+  return Cosigner(std::string(name), Bytes(seed.begin(), seed.end()), std::move(key));
 }
 
 StatusOr<Cosigner> Cosigner::Generate(std::string_view name) {
   if (!IsValidKeyName(name)) return InvalidArgumentError("cosigner: bad key name");
-  FP_ASSIGN_OR_RETURN(Ed25519PrivateKey key, Ed25519PrivateKey::Generate());
-  return Cosigner(std::string(name), std::move(key));
+  Bytes seed(kEd25519SeedSize);
+  if (RAND_bytes(seed.data(), static_cast<int>(seed.size())) != 1) {
+    return InternalError("cosigner: random source failed");
+  }
+  return FromSeed(name, seed);
+}
+
+StatusOr<Cosigner> Cosigner::Parse(std::string_view signer_key) {
+  if (!signer_key.starts_with(kSignerKeyPrefix)) {
+    return InvalidArgumentError("cosigner private key does not start with PRIVATE+KEY+");
+  }
+  FP_ASSIGN_OR_RETURN(KeyFields fields, SplitKeyString(signer_key.substr(kSignerKeyPrefix.size())));
+  FP_ASSIGN_OR_RETURN(Cosigner cosigner, FromSeed(fields.name, fields.key));
+  if (CosignatureKeyId(cosigner.name_, cosigner.key_.public_key().raw()) != fields.key_id) {
+    return InvalidArgumentError("cosigner private key ID does not match the key");
+  }
+  return cosigner;
+}
+
+std::string Cosigner::ToString() const {
+  Bytes key{kCosignatureV1Algorithm};
+  key.insert(key.end(), seed_.begin(), seed_.end());
+  return std::string(kSignerKeyPrefix) + name_ + "+" +
+         KeyIdHex(CosignatureKeyId(name_, key_.public_key().raw())) + "+" + Base64Encode(key);
 }
 
 CosignatureVerifier Cosigner::Verifier() const {
@@ -109,19 +163,23 @@ CosignatureVerifier Cosigner::Verifier() const {
   return *std::move(verifier);
 }
 
-StatusOr<std::string> Cosigner::CosignatureLine(std::string_view checkpoint_text,
-                                                uint64_t timestamp) const {
+StatusOr<Cosignature> Cosigner::Cosign(std::string_view checkpoint_text, uint64_t timestamp) const {
   FP_RETURN_IF_ERROR(ValidateNoteText(checkpoint_text));
   if (timestamp > kMaxCosignatureTimestamp) {
     return InvalidArgumentError("cosignature timestamp exceeds 2^63 - 1");
   }
-  const std::string message = CosignedMessage(checkpoint_text, timestamp);
-  const Ed25519Signature signature = key_.Sign(AsBytes(message));
-  Bytes blob;
-  AppendU32(blob, CosignatureKeyId(name_, key_.public_key().raw()));
-  AppendU64(blob, timestamp);
-  blob.insert(blob.end(), signature.begin(), signature.end());
-  return fmt::format("{}{} {}\n", kSignatureLinePrefix, name_, Base64Encode(blob));
+  Cosignature cosignature;
+  cosignature.name = name_;
+  cosignature.key_id = CosignatureKeyId(name_, key_.public_key().raw());
+  cosignature.timestamp = timestamp;
+  cosignature.signature = key_.Sign(AsBytes(CosignedMessage(checkpoint_text, timestamp)));
+  return cosignature;
+}
+
+StatusOr<std::string> Cosigner::CosignatureLine(std::string_view checkpoint_text,
+                                                uint64_t timestamp) const {
+  FP_ASSIGN_OR_RETURN(Cosignature cosignature, Cosign(checkpoint_text, timestamp));
+  return FormatCosignatureLine(cosignature);
 }
 
 StatusOr<std::string> AddCosignatures(std::string_view signed_note,

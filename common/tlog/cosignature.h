@@ -11,6 +11,9 @@
 //   "cosignature/v1\n" "time <timestamp in decimal>\n" <checkpoint text, with its final "\n">.
 // The signed message does not name the cosigner: one key must serve one cosigner only.
 //
+// A cosigner's private key is stored like a Go note signer key, with the cosignature algorithm
+// byte: "PRIVATE+KEY+<name>+<8 hex key ID>+<base64(0x04 || 32-byte seed)>" (Cosigner::Parse).
+//
 // Error codes: InvalidArgument for malformed input and bad arguments (names, seeds, k out of
 // range, duplicate cosigners); Unauthenticated when the log's signature or the cosignatures do not
 // vouch for the checkpoint (a known cosigner's line fails to verify, or fewer than k valid ones).
@@ -73,13 +76,30 @@ class CosignatureVerifier {
   Ed25519PublicBytes public_key_{};
 };
 
+// One cosignature, split into the parts of its signature line.
+struct Cosignature {
+  std::string name;        // the cosigner's key name
+  uint32_t key_id = 0;     // CosignatureKeyId(name, public key)
+  uint64_t timestamp = 0;  // POSIX seconds, <= kMaxCosignatureTimestamp
+  Ed25519Signature signature{};
+};
+
+// The signature line "\u2014 <name> base64(key ID || timestamp || signature)\n". FP_CHECKs that
+// the name is a valid key name (a Cosignature is made by Cosigner::Cosign or from a stored,
+// validated one).
+std::string FormatCosignatureLine(const Cosignature& cosignature);
+
 // A cosigner's private key. Move-only: it holds secret key material.
 class Cosigner {
  public:
   // InvalidArgument on a bad key name or a seed that is not 32 bytes.
   static StatusOr<Cosigner> FromSeed(std::string_view name, ByteSpan seed);
-  // A fresh key from OpenSSL's random source. InvalidArgument on a bad name.
+  // A fresh key from OpenSSL's random source. InvalidArgument on a bad name; Internal when the
+  // random source fails.
   static StatusOr<Cosigner> Generate(std::string_view name);
+  // Parses the private key string (see the top of this file). InvalidArgument on a bad prefix or
+  // name, another algorithm, bad base64, or a key ID that does not match the key.
+  static StatusOr<Cosigner> Parse(std::string_view signer_key);
 
   Cosigner(Cosigner&&) = default;
   Cosigner& operator=(Cosigner&&) = default;
@@ -88,15 +108,22 @@ class Cosigner {
 
   const std::string& name() const { return name_; }
   CosignatureVerifier Verifier() const;
+  // The private key string, as Parse accepts it. Handle like the key itself.
+  std::string ToString() const;
+  // This cosigner's cosignature of `checkpoint_text` at `timestamp` (POSIX seconds). Ed25519 is
+  // deterministic: the same text and timestamp always give the same bytes. The caller has checked
+  // that the checkpoint is consistent with every one it cosigned before: this only signs.
+  // InvalidArgument when the text breaks ValidateNoteText or the timestamp exceeds
+  // kMaxCosignatureTimestamp.
+  StatusOr<Cosignature> Cosign(std::string_view checkpoint_text, uint64_t timestamp) const;
   // The signature line ("\u2014 name base64(...)\n") cosigning `checkpoint_text` at `timestamp`
-  // (POSIX seconds). The caller has checked that the checkpoint is consistent with every one it
-  // cosigned before: this only signs. InvalidArgument when the text breaks ValidateNoteText or
-  // the timestamp exceeds kMaxCosignatureTimestamp.
+  // (POSIX seconds): FormatCosignatureLine(Cosign(...)), with Cosign's errors.
   StatusOr<std::string> CosignatureLine(std::string_view checkpoint_text, uint64_t timestamp) const;
 
  private:
-  Cosigner(std::string name, Ed25519PrivateKey key);
+  Cosigner(std::string name, Bytes seed, Ed25519PrivateKey key);
   std::string name_;
+  Bytes seed_;  // 32 bytes, kept to write the private key string
   Ed25519PrivateKey key_;
 };
 

@@ -85,6 +85,33 @@ TEST_F(CosignatureTest, KnownAnswerFromGoCryptoEd25519) {
   EXPECT_EQ(line, kKnownLine);
 }
 
+TEST_F(CosignatureTest, KnownAnswerSplitIntoPartsFormatsTheKnownLine) {
+  ASSERT_OK_AND_ASSIGN(Cosigner cosigner, Cosigner::FromSeed(kKnownName, Seed(1)));
+  ASSERT_OK_AND_ASSIGN(Cosignature parts, cosigner.Cosign(kKnownText, kKnownTimestamp));
+  EXPECT_EQ(parts.name, kKnownName);
+  EXPECT_EQ(parts.key_id, kKnownKeyId);
+  EXPECT_EQ(parts.timestamp, kKnownTimestamp);
+  EXPECT_EQ(FormatCosignatureLine(parts), kKnownLine);
+}
+
+TEST_F(CosignatureTest, PrivateKeyStringRoundTrips) {
+  ASSERT_OK_AND_ASSIGN(Cosigner cosigner, Cosigner::FromSeed(kKnownName, Seed(1)));
+  // Written out from the format: the Go signer key shape with the 0x04 algorithm byte.
+  Bytes key = {0x04};
+  const Bytes seed = Seed(1);
+  key.insert(key.end(), seed.begin(), seed.end());
+  const std::string expected =
+      "PRIVATE+KEY+" + std::string(kKnownName) + "+468d99bb+" + Base64Encode(key);
+  EXPECT_EQ(cosigner.ToString(), expected);
+  ASSERT_OK_AND_ASSIGN(Cosigner parsed, Cosigner::Parse(expected));
+  EXPECT_EQ(parsed.Verifier().ToString(), kKnownVkey);
+  ASSERT_OK_AND_ASSIGN(std::string line, parsed.CosignatureLine(kKnownText, kKnownTimestamp));
+  EXPECT_EQ(line, kKnownLine);
+  ASSERT_OK_AND_ASSIGN(Cosigner fresh, Cosigner::Generate("fresh"));
+  ASSERT_OK_AND_ASSIGN(Cosigner reparsed, Cosigner::Parse(fresh.ToString()));
+  EXPECT_EQ(reparsed.Verifier().ToString(), fresh.Verifier().ToString());
+}
+
 TEST_F(CosignatureTest, KnownVkeyVerifiesTheKnownLine) {
   ASSERT_OK_AND_ASSIGN(CosignatureVerifier verifier, CosignatureVerifier::Parse(kKnownVkey));
   EXPECT_EQ(verifier.name(), kKnownName);
@@ -238,6 +265,21 @@ TEST_F(CosignatureTest, BadKeysAndArgumentsAreInvalidArgument) {
   wrong_id[std::string_view(kKnownName).size() + 1] = '0';
   EXPECT_THAT(CosignatureVerifier::Parse(wrong_id), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(CosignatureVerifier::Parse("no-plus-signs"), StatusIs(StatusCode::kInvalidArgument));
+}
+
+TEST_F(CosignatureTest, BadPrivateKeyStringsAreInvalidArgument) {
+  ASSERT_OK_AND_ASSIGN(Cosigner cosigner, Cosigner::FromSeed(kKnownName, Seed(1)));
+  const std::string good = cosigner.ToString();
+  // Without the prefix, with another key ID, or a note signer key (0x01).
+  EXPECT_THAT(Cosigner::Parse(good.substr(std::string_view("PRIVATE+KEY+").size())),
+              StatusIs(StatusCode::kInvalidArgument));
+  std::string wrong_id = good;
+  wrong_id[std::string_view("PRIVATE+KEY+").size() + kKnownName.size() + 1] = '0';
+  EXPECT_THAT(Cosigner::Parse(wrong_id), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cosigner::Parse(log_signers_[0].ToString()), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cosigner::Parse("PRIVATE+KEY+name+00000000+!!"),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Cosigner::Generate("bad name"), StatusIs(StatusCode::kInvalidArgument));
 }
 
 }  // namespace

@@ -9,6 +9,7 @@
 #include <fmt/format.h>
 
 #include "common/base/bytes.h"
+#include "common/base/log.h"
 #include "common/crypto/sha256.h"
 #include "common/merkle/merkle.h"
 #include "common/metrics/metrics.h"
@@ -508,6 +509,19 @@ StatusOr<std::string> Api::SubmissionId(const HttpRequest& request) const {
   return std::string(id.begin(), id.end());
 }
 
+namespace {
+
+// GET /v1/checkpoint/cosigners: the registered cosigners' vkeys, one per line, sorted by name.
+HttpReply CosignersReply(const RocksStore& state) {
+  StatusOr<pb::CosignerSet> set = RegisteredCosigners(DbStateReader(&state));
+  if (!set.ok()) return Api::ErrorReply(set.status());
+  std::string body;
+  for (const pb::CosignerState& member : set->members()) body += member.cosigner_key() + "\n";
+  return TextReply(200, std::move(body));
+}
+
+}  // namespace
+
 HttpReply Api::CheckpointKey() const {
   if (!context_.verifier.has_value()) {
     return ErrorReply(UnavailableError("this supervisor has no checkpoint key"));
@@ -515,15 +529,10 @@ HttpReply Api::CheckpointKey() const {
   return TextReply(200, context_.verifier->ToString() + "\n");
 }
 
-ApiAction Api::ReleaseWorker(const HttpRequest& request, std::string_view worker_id) const {
-  ApiAction action;
-  auto fail = [&](const Status& status) {
-    action.reply = ErrorReply(status);
-    return action;
-  };
+Status Api::CheckAdmin(const HttpRequest& request) const {
   if (context_.admin_token.empty()) {
-    return fail(PermissionDeniedError(
-        "admin routes are disabled: configure admin-token-file on the supervisor"));
+    return PermissionDeniedError(
+        "admin routes are disabled: configure admin-token-file on the supervisor");
   }
   const std::string expected = "Bearer " + context_.admin_token;
   // Compare in constant time (for equal lengths), so the reply time does not leak the token.
@@ -533,8 +542,87 @@ ApiAction Api::ReleaseWorker(const HttpRequest& request, std::string_view worker
     difference |= static_cast<unsigned char>(request.authorization[i] ^ expected[i]);
   }
   if (!same || difference != 0) {
-    return fail(UnauthenticatedError("admin routes need 'Authorization: Bearer <admin token>'"));
+    return UnauthenticatedError("admin routes need 'Authorization: Bearer <admin token>'");
   }
+  return OkStatus();
+}
+
+HttpReply Api::Cluster() const {
+  if (!context_.cluster_status) return ErrorReply(NotFoundError("no such route"));
+  const ClusterStatus status = context_.cluster_status();
+  json::object body;
+  body["cluster"] = status.cluster;
+  body["name"] = status.name;
+  body["leader"] = status.leader.empty() ? json::value(nullptr) : json::value(status.leader);
+  body["is_leader"] = status.is_leader;
+  body["term"] = status.term;
+  body["applied"] = status.applied;
+  body["log_begin"] = status.log_begin;
+  body["log_end"] = status.log_end;
+  json::array members;
+  for (const auto& [name, applied] : status.members) {
+    json::object member;
+    member["name"] = name;
+    member["applied"] = applied;
+    members.push_back(std::move(member));
+  }
+  body["members"] = std::move(members);
+  return JsonReply(200, body);
+}
+
+ApiAction Api::Snapshot(const HttpRequest& request, std::string_view query) const {
+  ApiAction action;
+  auto fail = [&](const Status& status) {
+    action.reply = ErrorReply(status);
+    return action;
+  };
+  if (Status admin = CheckAdmin(request); !admin.ok()) return fail(admin);
+  if (!context_.open_snapshot) return fail(NotFoundError("no such route"));
+  const std::string member(QueryValue(query, "member").value_or(""));
+  StatusOr<std::shared_ptr<cluster::SnapshotStream>> snapshot = context_.open_snapshot(member);
+  if (!snapshot.ok()) return fail(snapshot.status());
+  action.reply = HttpReply{200, "application/octet-stream", ""};
+  action.follow.kind = Follow::Kind::kSnapshot;
+  action.follow.snapshot = std::move(snapshot).value();
+  return action;
+}
+
+PollResult Api::PollSnapshot(Follow& follow) const {
+  PollResult result;
+  StatusOr<std::string> chunk = follow.snapshot->Next(cluster::kMaxSnapshotChunkBytes);
+  if (!chunk.ok()) {
+    // The receiver sees a stream without its manifest and installs nothing.
+    LogWarn("api", "snapshot stream ended by an error", {{"error", chunk.status()}});
+    result.done = true;
+    return result;
+  }
+  result.chunk = std::move(chunk).value();
+  result.done = follow.snapshot->done();
+  return result;
+}
+
+HttpReply Api::RemoveMember(const HttpRequest& request, std::string_view member) const {
+  if (Status admin = CheckAdmin(request); !admin.ok()) return ErrorReply(admin);
+  if (!context_.remove_member) return ErrorReply(NotFoundError("no such route"));
+  StatusOr<bool> removed = context_.remove_member(std::string(member));
+  if (!removed.ok()) return ErrorReply(removed.status());
+  if (!*removed) return ErrorReply(NotFoundError("no such member in the member table"));
+  json::object body;
+  body["member"] = std::string(member);
+  body["removed"] = true;
+  body["note"] =
+      "the log is no longer held back for this member; if it still runs, it publishes itself "
+      "again";
+  return JsonReply(200, body);
+}
+
+ApiAction Api::ReleaseWorker(const HttpRequest& request, std::string_view worker_id) const {
+  ApiAction action;
+  auto fail = [&](const Status& status) {
+    action.reply = ErrorReply(status);
+    return action;
+  };
+  if (Status admin = CheckAdmin(request); !admin.ok()) return fail(admin);
   std::string reason;
   if (!request.body.empty()) {
     StatusOr<json::object> object = ParseObject(request.body);
@@ -596,8 +684,18 @@ ApiAction Api::Handle(const HttpRequest& request) const {
   if (s.size() == 3 && s[1] == "checkpoint" && s[2] == "key" && get) {
     return reply(CheckpointKey());
   }
+  if (s.size() == 3 && s[1] == "checkpoint" && s[2] == "cosigners" && get) {
+    return reply(CosignersReply(*context_.state));
+  }
   if (s.size() == 5 && s[1] == "admin" && s[2] == "workers" && s[4] == "release" && post) {
     return ReleaseWorker(request, s[3]);
+  }
+  if (s.size() == 2 && s[1] == "cluster" && get) return reply(Cluster());
+  if (s.size() == 3 && s[1] == "admin" && s[2] == "snapshot" && get) {
+    return Snapshot(request, query);
+  }
+  if (s.size() == 5 && s[1] == "admin" && s[2] == "members" && s[4] == "remove" && post) {
+    return reply(RemoveMember(request, s[3]));
   }
   if (s.size() == 2 && s[1] == "workers" && get) return reply(Workers());
   if (s.size() == 3 && s[1] == "ledger" && s[2] == "consistency" && get) {
@@ -858,7 +956,12 @@ HttpReply Api::Ready() const {
   if (end > applied + context_.max_ready_lag) {
     return TextReply(503, fmt::format("applier is {} records behind\n", end - applied));
   }
-  return TextReply(200, "ready\n");
+  if (!context_.cluster_status) return TextReply(200, "ready\n");
+  const ClusterStatus cluster = context_.cluster_status();
+  if (!cluster.log_reachable) return TextReply(503, "the log (etcd) is unreachable\n");
+  return TextReply(200, fmt::format("ready\nleader: {}\napplied: {}\nlog_end: {}\n",
+                                    cluster.leader.empty() ? "none" : cluster.leader,
+                                    cluster.applied, cluster.log_end));
 }
 
 HttpReply Api::Metrics() const {
@@ -874,6 +977,8 @@ PollResult Api::Poll(Follow& follow) const {
       return PollCompletion(follow, false);
     case Follow::Kind::kCompletionStream:
       return PollCompletion(follow, true);
+    case Follow::Kind::kSnapshot:
+      return PollSnapshot(follow);
     case Follow::Kind::kNone:
       break;
   }

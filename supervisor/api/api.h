@@ -14,13 +14,21 @@
 //                                             prompt is token ids, or text for a model with a
 //                                             configured tokenizer, which also fills `text`
 //   GET  /v1/checkpoint                       the latest signed checkpoint (C2SP signed note)
+//                                             with every stored cosignature line
 //   GET  /v1/checkpoint/key                   the checkpoint verifier key (C2SP note vkey)
+//   GET  /v1/checkpoint/cosigners             the registered cosigners' keys (C2SP
+//                                             cosignature/v1 vkeys), one per line
 //   GET  /v1/sessions/{id}/proof/step/{n}     inclusion of step n's leaf in the session root
 //   GET  /v1/ledger/proof/session/{id}?size=N inclusion of the session record in a checkpoint
 //   GET  /v1/ledger/consistency?from=A&to=B   consistency between two ledger sizes
 //   GET  /v1/sessions/{id}/bundle             the session record's tlog-proof bundle
 //   GET  /v1/workers                          registered workers
 //   POST /v1/admin/workers/{id}/release       release a quarantined worker (admin token)
+//   GET  /v1/cluster                          leadership, this supervisor's applied position, the
+//                                             log's begin and end, the member table
+//   GET  /v1/admin/snapshot[?member=NAME]     a snapshot of the state (cluster/snapshot.h), for
+//                                             bootstrapping member NAME (admin token)
+//   POST /v1/admin/members/{name}/remove      retire a member from the member table (admin token)
 //   GET  /healthz, /readyz, /metrics
 // POST /v1/sessions and /v1/completions honour an Idempotency-Key header: the session id is
 // derived from the key (IdempotentSessionId), so a retry appends the same Admit, which the log
@@ -46,6 +54,7 @@
 #include "common/leaf/session_id.h"
 #include "common/tlog/note.h"
 #include "common/tokenizer/tokenizer.h"
+#include "supervisor/cluster/snapshot.h"
 #include "supervisor/log/log.h"
 #include "supervisor/store/rocks.h"
 
@@ -87,6 +96,7 @@ struct Follow {
     kEvents,            // text/event-stream of verified tokens, then a receipt
     kCompletion,        // one JSON reply once the session is verified
     kCompletionStream,  // OpenAI streaming chunks, then [DONE]
+    kSnapshot,          // the bytes of a state snapshot (application/octet-stream)
   };
   Kind kind = Kind::kNone;
   std::string session_id;  // 16 bytes
@@ -97,6 +107,9 @@ struct Follow {
   // the growth of the whole output's text).
   std::vector<int32_t> streamed_tokens;
   size_t streamed_text_bytes = 0;
+  // kSnapshot: the stream being sent (shared by the copies of the follow; closing the last one
+  // deletes the snapshot's files).
+  std::shared_ptr<cluster::SnapshotStream> snapshot;
 };
 
 struct ApiAction {
@@ -125,6 +138,23 @@ struct SessionDefaults {
   std::map<std::string, ModelProfile> models;
 };
 
+// What GET /v1/cluster and /readyz report about the cluster this supervisor belongs to.
+struct ClusterStatus {
+  bool cluster = false;  // a member of a cluster on an etcd log (else a standalone supervisor)
+  std::string name;      // this supervisor's name (its TLS name)
+  std::string leader;    // the leader's name; empty while none is known
+  bool is_leader = false;
+  int64_t term = 0;  // the leader's term (fencing token); 0 for a standalone supervisor
+  uint64_t applied = 0;
+  uint64_t log_begin = 0;
+  uint64_t log_end = 0;
+  // The member table as last read (name -> durably applied position); empty when standalone.
+  std::map<std::string, uint64_t> members;
+  // False while this member cannot write to etcd (its member publications fail): /readyz fails
+  // and workers are sent to another member.
+  bool log_reachable = true;
+};
+
 struct ApiContext {
   const RocksStore* state = nullptr;               // borrowed: the applied state
   const Log* log = nullptr;                        // borrowed: End() for readiness
@@ -145,6 +175,15 @@ struct ApiContext {
   std::string admin_token;
   // Per model: the tokenizer of text prompts and completion text (shared, immutable).
   std::map<std::string, std::shared_ptr<const tokenizer::Tokenizer>> tokenizers;
+  // Cluster routes, provided by the runtime (each may be null: the route then answers 404 or, for
+  // /readyz, omits the cluster lines). They run on the HTTP server's threads and must be
+  // thread-safe. `open_snapshot` takes a snapshot of the state (an empty member name reserves
+  // nothing; see cluster/members.h); `remove_member` deletes a member's entry, true if there was
+  // one, FailedPrecondition for a supervisor that is not in a cluster.
+  std::function<ClusterStatus()> cluster_status;
+  std::function<StatusOr<std::shared_ptr<cluster::SnapshotStream>>(const std::string& member)>
+      open_snapshot;
+  std::function<StatusOr<bool>(const std::string& member)> remove_member;
 };
 
 // The session id a submission with Idempotency-Key `key` gets: the first 16 bytes of
@@ -178,6 +217,12 @@ class Api {
   HttpReply Workers() const;
   HttpReply CheckpointKey() const;
   ApiAction ReleaseWorker(const HttpRequest& request, std::string_view worker_id) const;
+  // PermissionDenied while admin routes are disabled, Unauthenticated without the right token.
+  Status CheckAdmin(const HttpRequest& request) const;
+  HttpReply Cluster() const;
+  ApiAction Snapshot(const HttpRequest& request, std::string_view query) const;
+  HttpReply RemoveMember(const HttpRequest& request, std::string_view member) const;
+  PollResult PollSnapshot(Follow& follow) const;
   // The session id of a submission: derived from its Idempotency-Key, else fresh.
   StatusOr<std::string> SubmissionId(const HttpRequest& request) const;
   HttpReply Ready() const;

@@ -10,6 +10,7 @@
 
 #include "common/leaf/step_leaf.h"
 #include "common/merkle/merkle.h"
+#include "common/tlog/cosignature.h"
 #include "common/tlog/proof_bundle.h"
 #include "supervisor/ledger/checkpoints.h"
 #include "supervisor/log/rocksdb_log.h"
@@ -44,9 +45,12 @@ class ApiTest : public ::testing::Test {
     applier_ = std::move(Applier::Open(state_.get(), ApplierOptions{})).value();
     auto signer = tlog::NoteSigner::FromSeed(kOrigin, Bytes(32, 3));
     FP_CHECK_OK(signer);
+    auto cosigner = tlog::Cosigner::FromSeed("supervisor-0", Bytes(32, 4));
+    FP_CHECK_OK(cosigner);
     api_ = std::make_unique<Api>(MakeContext(std::string(kAdminToken)));
-    signer_ = std::make_unique<CheckpointSigner>(state_.get(), std::string(kOrigin),
-                                                 std::move(signer).value());
+    signer_ = std::make_unique<CheckpointSigner>(
+        state_.get(), log_.get(), std::move(signer).value(), std::move(cosigner).value(), nullptr);
+    FP_CHECK_OK(signer_->Join());
   }
 
   ApiContext MakeContext(std::string admin_token) {
@@ -110,7 +114,18 @@ class ApiTest : public ::testing::Test {
     pb::LogRecord checkpoint;
     checkpoint.mutable_checkpoint_request();
     AppendAndApply({worker, assign, leaves, checkpoint});
+    SignAndCosign();
+  }
+
+  // Signs what the applier checkpointed (once the join is applied) and applies the cosignature
+  // record the signer appends in the background.
+  void SignAndCosign() {
+    FP_CHECK_OK(signer_->AfterApply(Effects{}));
     FP_CHECK_OK(signer_->SignPending());
+    while (log_->WaitBeyond(applier_->applied(), std::chrono::milliseconds(200)) >
+           applier_->applied()) {
+      FP_CHECK_OK(testing::CatchUp(*log_, *applier_, 100));
+    }
   }
 
   // Submits a session through the API and applies its Admit; returns its 16-byte id.
@@ -377,6 +392,34 @@ TEST_F(ApiTest, CheckpointKeyOpensTheServedCheckpoint) {
   ASSERT_OK_AND_ASSIGN(tlog::NoteVerifier verifier, tlog::NoteVerifier::Parse(text));
   ApiAction checkpoint = Call(verb::get, "/v1/checkpoint");
   EXPECT_OK(tlog::OpenCheckpoint(checkpoint.reply.body, std::span(&verifier, 1), kOrigin));
+}
+
+TEST_F(ApiTest, ServedCheckpointsCarryTheCosignatureOfTheListedCosigner) {
+  EXPECT_EQ(Call(verb::get, "/v1/checkpoint/cosigners").reply.body, "");  // join not applied
+  const std::string id = Submit(2);
+  RunToVerified(id, 2);
+  ApiAction cosigners = Call(verb::get, "/v1/checkpoint/cosigners");
+  ASSERT_EQ(cosigners.reply.status, 200u) << cosigners.reply.body;
+  EXPECT_EQ(cosigners.reply.body, signer_->cosigner_verifier().ToString() + "\n");
+  std::string text = cosigners.reply.body;
+  text.pop_back();
+  ASSERT_OK_AND_ASSIGN(tlog::CosignatureVerifier cosigner, tlog::CosignatureVerifier::Parse(text));
+  const tlog::NoteVerifier verifier = signer_->verifier();
+  tlog::CosignaturePolicy policy;
+  policy.cosigners = std::span(&cosigner, 1);
+  policy.required = 1;
+  // The latest checkpoint, the ledger proof's checkpoint and the bundle's all carry the line.
+  const std::string hex = HexEncode(AsBytes(id));
+  ASSERT_OK_AND_ASSIGN(
+      tlog::ProofBundle bundle,
+      tlog::ParseProofBundle(Call(verb::get, "/v1/sessions/" + hex + "/bundle").reply.body));
+  json::value proof = ParseJson(Call(verb::get, "/v1/ledger/proof/session/" + hex).reply.body);
+  for (const std::string& note :
+       {Call(verb::get, "/v1/checkpoint").reply.body, bundle.checkpoint_note,
+        std::string(proof.at("checkpoint").as_string())}) {
+    EXPECT_OK(tlog::OpenCosignedCheckpoint(note, std::span(&verifier, 1), kOrigin, policy).status())
+        << note;
+  }
 }
 
 TEST_F(ApiTest, IdempotencyKeyGivesARetryTheSameSessionAcrossRestarts) {

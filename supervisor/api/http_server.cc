@@ -133,6 +133,7 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         return PollCompletion();
       case Follow::Kind::kEvents:
       case Follow::Kind::kCompletionStream:
+      case Follow::Kind::kSnapshot:
         return WriteStreamHeader();
     }
   }
@@ -218,7 +219,9 @@ class HttpSession : public std::enable_shared_from_this<HttpSession> {
         [self = shared_from_this(), done = result.done](beast::error_code error, size_t) {
           if (error) return;
           if (done) return self->WriteLastChunk();
-          self->WaitThen(&HttpSession::PollStream);
+          // More may be ready at once (a snapshot always is): poll again without the pause,
+          // which is only for follows that found nothing new.
+          self->PollStream();
         });
   }
 

@@ -32,6 +32,17 @@ BenchWorker::BenchWorker(boost::asio::io_context& io, boost::asio::ssl::context&
                          BenchWorkerOptions options)
     : io_(io), tls_(tls), options_(std::move(options)) {}
 
+void BenchWorker::NoteError(const std::string& what) {
+  ++errors_;
+  std::lock_guard lock(error_mutex_);
+  if (first_error_.empty()) first_error_ = what;
+}
+
+std::string BenchWorker::first_error() const {
+  std::lock_guard lock(error_mutex_);
+  return first_error_;
+}
+
 uint32_t BenchWorker::HonestToken(uint64_t step) { return static_cast<uint32_t>(step % 32000); }
 
 Hash BenchWorker::HonestDigest(const std::string& session, uint64_t step) {
@@ -127,11 +138,22 @@ void BenchWorker::OnEnvelope(const std::shared_ptr<wire::Connection>&,
     case wire::pb::Envelope::kRollback:
       OnRollback(envelope.rollback());
       break;
-    case wire::pb::Envelope::kError:
-      ++errors_;
+    case wire::pb::Envelope::kError: {
+      const wire::pb::Error& error = envelope.error();
+      // An append of a session's batch that failed as unavailable (refused) or past its
+      // deadline (indeterminate) is retryable: resend what is unacknowledged, under the same
+      // idempotency keys, so nothing lands twice.
+      const bool retryable = error.code() == static_cast<uint32_t>(StatusCode::kUnavailable) ||
+                             error.code() == static_cast<uint32_t>(StatusCode::kDeadlineExceeded);
+      if (retryable && error.session_id().size() == 16) {
+        ResendUnacknowledged(error.session_id());
+      } else {
+        NoteError(fmt::format("supervisor error {}: {}", error.code(), error.reason()));
+      }
       break;
+    }
     case wire::pb::Envelope::kQuarantine:
-      ++errors_;
+      NoteError("quarantined");
       Stop();
       return;
     default:
@@ -165,6 +187,34 @@ void BenchWorker::OnRollback(const wire::pb::Rollback& rollback) {
   }
 }
 
+void BenchWorker::ResendUnacknowledged(const std::string& session) {
+  ++refused_;
+  // Batch keys are session (16) replica (4) epoch (8) first step (8): find the session's, and
+  // per replica the first unacknowledged step of its current epoch.
+  std::map<uint32_t, uint64_t> first_unacknowledged;
+  for (auto it = sent_.lower_bound(session); it != sent_.end() && it->first.starts_with(session);) {
+    const uint8_t* key = reinterpret_cast<const uint8_t*>(it->first.data());
+    const uint32_t replica = LoadU32(key + 16);
+    const uint64_t epoch = LoadU64(key + 20);
+    const uint64_t first_step = LoadU64(key + 28);
+    auto task = tasks_.find(TaskKey(session, replica));
+    if (task != tasks_.end() && task->second.epoch == epoch) {
+      auto [entry, inserted] = first_unacknowledged.emplace(replica, first_step);
+      if (!inserted) entry->second = std::min(entry->second, first_step);
+    }
+    it = sent_.erase(it);
+    --in_flight_;
+  }
+  for (const auto& [replica, step] : first_unacknowledged) {
+    Task& task = tasks_[TaskKey(session, replica)];
+    task.next_step = step;
+    task.tree = merkle::Frontier();
+    for (uint64_t s = 0; s < step; ++s) {
+      task.tree.Append(LeafHash(task, s, HonestDigest(task.session, s)), nullptr);
+    }
+  }
+}
+
 bool BenchWorker::SendBatch(Task& task) {
   const uint64_t limit = std::min(task.max_tokens, task.verified + task.max_unverified);
   if (task.next_step >= limit) return false;
@@ -193,7 +243,7 @@ bool BenchWorker::SendBatch(Task& task) {
   task.next_step = end;
   ++in_flight_;
   if (Status sent = connection_->Send(envelope); !sent.ok()) {
-    ++errors_;
+    NoteError(sent.ToString());
     connection_->Close(sent);
     return false;
   }

@@ -2,7 +2,9 @@
 // registers, runs every replica it is assigned by emitting honest step leaves (equal on every
 // replica, so sessions verify), keeps up to `max_in_flight` unacknowledged batches, honours the
 // unverified window through Commits, follows Rollbacks, and records the latency from sending
-// each batch to its Ack. Used by `fieldprint bench ingest|proofs` and by tests.
+// each batch to its Ack. An append the supervisor reports as unavailable or past its deadline is
+// resent (from the session's first unacknowledged batch, under the same idempotency keys). Used by
+// `fieldprint bench ingest|proofs`, fieldprint_cluster_bench and tests.
 //
 // Honest leaves of a session: token(step) = step % 32000, and the state digest holds the session
 // id and the step, so replicas agree without running a model.
@@ -17,6 +19,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -54,8 +57,13 @@ class BenchWorker {
 
   uint64_t acked_leaves() const { return acked_leaves_.load(); }
   uint64_t errors() const { return errors_.load(); }
+  // The first error counted in errors() ("" while none), for reports.
+  std::string first_error() const;
   uint64_t verified_sessions() const { return verified_sessions_.load(); }
   uint64_t rollbacks() const { return rollbacks_.load(); }
+  // Appends the supervisor reported as unavailable or past their deadline (each answered by
+  // resending the session's unacknowledged batches).
+  uint64_t refused() const { return refused_.load(); }
   bool open() const { return open_.load(); }
   // The Acks received (the first kMaxLatencySamples).
   const std::vector<wire::pb::Ack>& Acks() const { return acks_; }
@@ -88,6 +96,8 @@ class BenchWorker {
   void Pump();
   bool SendBatch(Task& task);
   Hash LeafHash(const Task& task, uint64_t step, const Hash& digest) const;
+  void NoteError(const std::string& what);
+  void ResendUnacknowledged(const std::string& session);
 
   boost::asio::io_context& io_;     // borrowed
   boost::asio::ssl::context& tls_;  // borrowed
@@ -103,7 +113,10 @@ class BenchWorker {
   std::atomic<uint64_t> errors_{0};
   std::atomic<uint64_t> verified_sessions_{0};
   std::atomic<uint64_t> rollbacks_{0};
+  std::atomic<uint64_t> refused_{0};
   std::atomic<bool> open_{false};
+  mutable std::mutex error_mutex_;
+  std::string first_error_;  // guarded by error_mutex_
 };
 
 }  // namespace fp::supervisor

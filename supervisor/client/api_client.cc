@@ -2,6 +2,7 @@
 #include "supervisor/client/api_client.h"
 
 #include <charconv>
+#include <random>
 #include <thread>
 
 #include <boost/beast/http/verb.hpp>
@@ -20,6 +21,29 @@ using Clock = std::chrono::steady_clock;
 
 // Events a finished session's stream may hold: one per step plus the receipt.
 constexpr size_t kMaxEvents = size_t{1} << 20;
+constexpr char kIdempotencyHeader[] = "Idempotency-Key";
+
+// Replies that say "not this supervisor, not now": draining or not ready (503), or the log did
+// not answer in time (504). Other replies are answers and end the request.
+bool RetryableReply(unsigned http_status) { return http_status == 503 || http_status == 504; }
+
+bool RetryableError(const Status& status) {
+  return status.code() == StatusCode::kUnavailable ||
+         status.code() == StatusCode::kDeadlineExceeded;
+}
+
+// 128 random bits as hex: a fresh Idempotency-Key, unique without coordination.
+std::string RandomIdempotencyKey() {
+  std::random_device device;
+  Bytes bytes;
+  for (int i = 0; i < 4; ++i) AppendU32(bytes, device());
+  return "fp-" + HexEncode(ByteSpan(bytes));
+}
+
+bool HasHeader(const supervisor::HttpHeaders& headers, std::string_view name) {
+  return std::any_of(headers.begin(), headers.end(),
+                     [&](const auto& header) { return header.first == name; });
+}
 
 Status Malformed(std::string_view what, std::string_view field) {
   return DataLossError(fmt::format("{}: field '{}' is missing or malformed", what, field));
@@ -155,6 +179,34 @@ StatusOr<SupervisorUrl> ParseSupervisorUrl(std::string_view url) {
     return bad("the port must be in 1..65535");
   }
   return SupervisorUrl{std::string(rest.substr(0, colon)), static_cast<uint16_t>(port)};
+}
+
+StatusOr<std::vector<SupervisorUrl>> ParseSupervisorUrls(std::string_view urls) {
+  std::vector<SupervisorUrl> parsed;
+  std::string_view rest = urls;
+  while (true) {
+    const size_t comma = rest.find(',');
+    std::string_view entry = rest.substr(0, comma);
+    while (!entry.empty() && entry.front() == ' ') entry.remove_prefix(1);
+    while (!entry.empty() && entry.back() == ' ') entry.remove_suffix(1);
+    if (parsed.size() == kMaxSupervisorUrls) {
+      return InvalidArgumentError(
+          fmt::format("more than {} supervisor URLs in '{}'", kMaxSupervisorUrls, urls));
+    }
+    FP_ASSIGN_OR_RETURN(SupervisorUrl url, ParseSupervisorUrl(entry));
+    parsed.push_back(std::move(url));
+    if (comma == std::string_view::npos) break;
+    rest = rest.substr(comma + 1);
+  }
+  return parsed;
+}
+
+std::string SessionIdForIdempotencyKey(std::string_view key) {
+  std::string input("fieldprint idempotency key");
+  input.push_back('\0');
+  input.append(key);
+  const Hash hash = Sha256(AsBytes(input));
+  return HexEncode(ByteSpan(hash.data(), 16));
 }
 
 json::object SubmitBody(const SubmitRequest& request) {
@@ -319,21 +371,101 @@ Status StatusFromReply(unsigned http_status, std::string_view body) {
 }
 
 ApiClient::ApiClient(const SupervisorUrl& url, std::chrono::milliseconds timeout)
-    : url_(url), http_(url.host, url.port, timeout) {}
+    : ApiClient(std::vector<SupervisorUrl>{url},
+                FailoverOptions{.attempt_timeout = timeout,
+                                .request_deadline = 2 * timeout,
+                                .max_attempts = 1,
+                                .round_pause = std::chrono::milliseconds(0)}) {}
+
+ApiClient::ApiClient(std::vector<SupervisorUrl> urls, const FailoverOptions& options)
+    : urls_(std::move(urls)), options_(options) {
+  FP_CHECK(!urls_.empty());
+  FP_CHECK(urls_.size() <= kMaxSupervisorUrls);
+  FP_CHECK(options_.max_attempts >= 1);
+  FP_CHECK(options_.max_attempts <= kMaxFailoverAttempts);
+  http_.resize(urls_.size());
+}
+
+ApiClient::~ApiClient() = default;
+ApiClient::ApiClient(ApiClient&&) noexcept = default;
+ApiClient& ApiClient::operator=(ApiClient&&) noexcept = default;
+
+StatusOr<supervisor::HttpResponse> ApiClient::Attempt(verb method, const std::string& target,
+                                                      const std::string& body,
+                                                      const supervisor::HttpHeaders& headers,
+                                                      std::chrono::milliseconds budget) {
+  const SupervisorUrl& url = urls_[current_];
+  // An attempt has two phases (connect, then request and reply), each bounded by the client's
+  // timeout: when less than two full timeouts are left, a one-off client with half of the rest
+  // keeps the attempt inside the request's deadline.
+  if (budget < 2 * options_.attempt_timeout) {
+    supervisor::HttpClient once(url.host, url.port,
+                                std::max(std::chrono::milliseconds(1), budget / 2));
+    return once.Request(method, target, body, headers);
+  }
+  if (http_[current_] == nullptr) {
+    http_[current_] =
+        std::make_unique<supervisor::HttpClient>(url.host, url.port, options_.attempt_timeout);
+  }
+  return http_[current_]->Request(method, target, body, headers);
+}
 
 StatusOr<std::string> ApiClient::Call(verb method, const std::string& target,
-                                      const std::string& body) {
-  StatusOr<supervisor::HttpResponse> response = http_.Request(method, target, body);
-  if (!response.ok()) return response.status().WithContext(url_.ToString() + target);
-  if (response->status < 200 || response->status >= 300) {
-    return StatusFromReply(response->status, response->body).WithContext(target);
+                                      const std::string& body,
+                                      const supervisor::HttpHeaders& headers) {
+  // A POST without an Idempotency-Key may have been applied before its reply was lost: it is
+  // never resent. GETs and keyed POSTs are.
+  const bool resendable =
+      method == verb::get || method == verb::head || HasHeader(headers, kIdempotencyHeader);
+  const auto deadline = Clock::now() + options_.request_deadline;
+  Status last;
+  uint32_t attempts = 0;
+  size_t failed_in_round = 0;
+  while (attempts < options_.max_attempts) {
+    const auto left =
+        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left <= std::chrono::milliseconds(0)) break;
+    ++attempts;
+    StatusOr<supervisor::HttpResponse> response = Attempt(method, target, body, headers, left);
+    const std::string where = urls_[current_].ToString() + target;
+    if (response.ok() && !RetryableReply(response->status)) {
+      if (response->status < 200 || response->status >= 300) {
+        return StatusFromReply(response->status, response->body).WithContext(where);
+      }
+      return std::move(response->body);
+    }
+    last = response.ok() ? StatusFromReply(response->status, response->body).WithContext(where)
+                         : response.status().WithContext(where);
+    if (!resendable || !RetryableError(last) || attempts == options_.max_attempts) break;
+    current_ = (current_ + 1) % urls_.size();
+    ++failovers_;
+    if (++failed_in_round == urls_.size()) {
+      failed_in_round = 0;
+      const auto pause = std::min<Clock::duration>(options_.round_pause, deadline - Clock::now());
+      if (pause > Clock::duration::zero()) std::this_thread::sleep_for(pause);
+    }
   }
-  return std::move(response->body);
+  if (last.ok()) {
+    return DeadlineExceededError(
+        fmt::format("{}: no attempt left within {} ms", target, options_.request_deadline.count()));
+  }
+  if (attempts <= 1) return last;
+  return Status(last.code(), fmt::format("{} (after {} attempts on {} supervisors)", last.message(),
+                                         attempts, urls_.size()));
 }
 
 StatusOr<std::string> ApiClient::Submit(const SubmitRequest& request) {
-  FP_ASSIGN_OR_RETURN(std::string body,
-                      Call(verb::post, "/v1/sessions", json::serialize(SubmitBody(request))));
+  std::string key_sent;
+  return Submit(request, key_sent);
+}
+
+StatusOr<std::string> ApiClient::Submit(const SubmitRequest& request, std::string& key_sent) {
+  key_sent = request.idempotency_key;
+  if (key_sent.empty() && options_.max_attempts > 1) key_sent = RandomIdempotencyKey();
+  supervisor::HttpHeaders headers;
+  if (!key_sent.empty()) headers.emplace_back(kIdempotencyHeader, key_sent);
+  FP_ASSIGN_OR_RETURN(std::string body, Call(verb::post, "/v1/sessions",
+                                             json::serialize(SubmitBody(request)), headers));
   FP_ASSIGN_OR_RETURN(json::object reply, ParseJsonObject(body, "submission"));
   return StringField(reply, "session_id", "submission");
 }
@@ -352,8 +484,14 @@ StatusOr<SessionView> ApiClient::WaitDone(
     StatusOr<SessionView> polled = Session(session_id);
     // The supervisor acknowledges a submission once its Admit record is durable, which can be
     // just before the record is applied: until then the session reads as NotFound.
-    if (!last.has_value() && polled.status().code() == StatusCode::kNotFound &&
-        Clock::now() < deadline) {
+    // With several supervisors, the one asked may not have applied it yet (it lags, or it is cut
+    // off from the log): ask the next one.
+    if ((!last.has_value() || urls_.size() > 1) &&
+        polled.status().code() == StatusCode::kNotFound && Clock::now() < deadline) {
+      if (urls_.size() > 1) {
+        current_ = (current_ + 1) % urls_.size();
+        ++failovers_;
+      }
       std::this_thread::sleep_for(kSessionPollInterval);
       continue;
     }
@@ -417,7 +555,7 @@ Status ApiClient::WaitReady(std::chrono::milliseconds timeout) {
     StatusOr<std::string> ready = GetText("/readyz");
     if (ready.ok()) return OkStatus();
     if (Clock::now() >= deadline) {
-      return DeadlineExceededError(fmt::format("{} not ready after {} ms: {}", url_.ToString(),
+      return DeadlineExceededError(fmt::format("{} not ready after {} ms: {}", url().ToString(),
                                                timeout.count(), ready.status().ToString()));
     }
     std::this_thread::sleep_for(kSessionPollInterval);

@@ -2,6 +2,17 @@
 // submit`, `audit` and `demo`: submit a session, read its state, wait until it is verified, read
 // its verified output and receipt, and fetch the proofs an audit checks.
 //
+// Failover. A client may hold several supervisors of one cluster (they serve the same log). A
+// request goes to the current supervisor; on a connection failure, a timeout, or a 503/504 reply
+// (draining, not ready, the log unavailable) it moves on to the next one, round robin, and the
+// one that answers becomes current. Every request is bounded twice: at most `max_attempts`
+// attempts, and all of them within `request_deadline` (an attempt connects within
+// `attempt_timeout` and then sends and reads within `attempt_timeout`, each cut to half of what
+// is left of the deadline when less is left). A POST is resent only when it carries an
+// Idempotency-Key: Submit always sends one when the client may retry (a random one unless the
+// caller gave its own), so the supervisor that gets the resend admits the same session (the id is
+// derived from the key) and a failover never admits twice.
+//
 // The client trusts nothing it reads for verification: it only parses. Checking proofs against a
 // pinned key is audit.h's job, offline.
 //
@@ -15,6 +26,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -30,6 +42,9 @@ namespace fp::client {
 
 // How often waits poll the session state.
 inline constexpr std::chrono::milliseconds kSessionPollInterval{100};
+// Supervisor URLs one client holds, and attempts one request may make across them.
+inline constexpr size_t kMaxSupervisorUrls = 16;
+inline constexpr uint32_t kMaxFailoverAttempts = 64;
 
 struct SupervisorUrl {
   std::string host;
@@ -40,6 +55,17 @@ struct SupervisorUrl {
 // Parses "http://HOST:PORT" (a trailing "/" is allowed; HOST is a name or an IPv4 literal).
 // InvalidArgument otherwise: https, paths and user info are not supported.
 StatusOr<SupervisorUrl> ParseSupervisorUrl(std::string_view url);
+// Parses a comma-separated list of such URLs (spaces around entries are ignored), 1 to
+// kMaxSupervisorUrls of them. InvalidArgument naming the bad entry, or for an empty list.
+StatusOr<std::vector<SupervisorUrl>> ParseSupervisorUrls(std::string_view urls);
+
+struct FailoverOptions {
+  std::chrono::milliseconds attempt_timeout{10'000};   // one attempt on one supervisor
+  std::chrono::milliseconds request_deadline{30'000};  // all attempts of one request
+  uint32_t max_attempts = 6;                           // 1..kMaxFailoverAttempts
+  // Pause after a round in which every supervisor failed (bounded by the deadline).
+  std::chrono::milliseconds round_pause{200};
+};
 
 struct SubmitRequest {
   std::string model;
@@ -48,7 +74,15 @@ struct SubmitRequest {
   std::optional<uint32_t> replicas;    // the supervisor's default when absent
   double temperature = 0;              // 0: greedy
   uint64_t seed = 0;
+  // Sent as Idempotency-Key (1..255 printable ASCII). Empty: the client makes a random one when
+  // it may resend the request (max_attempts > 1), else sends none.
+  std::string idempotency_key;
 };
+
+// The session id a supervisor derives from an Idempotency-Key (docs/supervisor.md, HTTP API):
+// the first 16 bytes of SHA-256("fieldprint idempotency key" || 0x00 || key), as 32 hex digits.
+// Lets a client that lost the reply find out whether its submission was admitted.
+std::string SessionIdForIdempotencyKey(std::string_view key);
 
 // The request body of POST /v1/sessions.
 boost::json::object SubmitBody(const SubmitRequest& request);
@@ -125,21 +159,39 @@ struct WorkerView {
 
 class ApiClient {
  public:
-  // Each request must finish within `timeout`.
+  // One supervisor, one attempt per request: each request must finish within `timeout`.
   explicit ApiClient(const SupervisorUrl& url,
                      std::chrono::milliseconds timeout = std::chrono::seconds(10));
+  // Several supervisors of one cluster with failover (see the top of this file). `urls` holds
+  // 1..kMaxSupervisorUrls entries and options.max_attempts is 1..kMaxFailoverAttempts (FP_CHECK:
+  // ParseSupervisorUrls and the CLI bound them).
+  ApiClient(std::vector<SupervisorUrl> urls, const FailoverOptions& options);
+  ~ApiClient();
+  ApiClient(ApiClient&&) noexcept;
+  ApiClient& operator=(ApiClient&&) noexcept;
 
-  const SupervisorUrl& url() const { return url_; }
+  // The supervisor the next request goes to first.
+  const SupervisorUrl& url() const { return urls_[current_]; }
+  const std::vector<SupervisorUrl>& urls() const { return urls_; }
+  // Times a request moved on to another supervisor, over this client's life.
+  uint64_t failovers() const { return failovers_; }
 
-  // POST /v1/sessions; returns the new session's id (32 hex characters).
+  // POST /v1/sessions; returns the new session's id (32 hex characters). With an Idempotency-Key
+  // (given or made, see SubmitRequest) a resend after a lost reply returns the same session.
+  // An error after the request may have reached a supervisor (DeadlineExceeded, Unavailable) is
+  // indeterminate: SessionIdForIdempotencyKey names the session to look for.
   StatusOr<std::string> Submit(const SubmitRequest& request);
+  // Submit, reporting the Idempotency-Key it sent (empty: none) in `key_sent` even on failure.
+  StatusOr<std::string> Submit(const SubmitRequest& request, std::string& key_sent);
   // GET /v1/sessions/{id}.
   StatusOr<SessionView> Session(const std::string& session_id);
   // Polls the state until the session is verified or failed, calling `on_change` (may be empty)
   // whenever the state differs from the previous poll. Returns the final state (a failed session
   // is returned, not an error); DeadlineExceeded when `timeout` passes first. A session that is
   // not found is polled again until it is first seen (a submission is acknowledged when durable,
-  // and can be read once applied), then NotFound is an error.
+  // and can be read once applied), then NotFound is an error; with several supervisors NotFound
+  // moves the poll to the next supervisor until the timeout (the one asked may have applied less,
+  // or be cut off from the log).
   StatusOr<SessionView> WaitDone(const std::string& session_id, std::chrono::milliseconds timeout,
                                  const std::function<void(const SessionView&)>& on_change);
   // The verified tokens and receipt of a verified session (GET /v1/sessions/{id}/events).
@@ -157,12 +209,21 @@ class ApiClient {
   Status WaitReady(std::chrono::milliseconds timeout);
 
  private:
-  // The body of a 2xx reply; the reply's error otherwise.
+  // The body of a 2xx reply; the reply's error otherwise, after failover as described above.
   StatusOr<std::string> Call(boost::beast::http::verb method, const std::string& target,
-                             const std::string& body);
+                             const std::string& body, const supervisor::HttpHeaders& headers = {});
+  // One attempt on the current supervisor, within `budget`.
+  StatusOr<supervisor::HttpResponse> Attempt(boost::beast::http::verb method,
+                                             const std::string& target, const std::string& body,
+                                             const supervisor::HttpHeaders& headers,
+                                             std::chrono::milliseconds budget);
 
-  SupervisorUrl url_;
-  supervisor::HttpClient http_;
+  std::vector<SupervisorUrl> urls_;
+  FailoverOptions options_;
+  size_t current_ = 0;
+  uint64_t failovers_ = 0;
+  // One kept-alive connection per supervisor (attempt_timeout each), made on first use.
+  std::vector<std::unique_ptr<supervisor::HttpClient>> http_;
 };
 
 // The Status an error reply stands for: the code named in its JSON error body, or one derived

@@ -13,6 +13,7 @@
 #include "common/leaf/step_leaf.h"
 #include "common/merkle/merkle.h"
 #include "common/tlog/checkpoint.h"
+#include "common/tlog/cosignature.h"
 #include "common/tlog/proof_bundle.h"
 #include "supervisor/state/state.pb.h"
 
@@ -45,21 +46,71 @@ void Add(AuditReport& report, std::string name, bool ok, std::string detail) {
   report.checks.push_back(AuditCheck{std::move(name), ok, std::move(detail)});
 }
 
-// Check 1: the checkpoint note opens with the pinned key for `origin`.
+// Opens the checkpoint note with the pinned key for `origin` and, with a cosigner policy, its
+// pinned cosigners.
+StatusOr<tlog::Checkpoint> OpenPinned(const std::string& note, const tlog::NoteVerifier& key,
+                                      const CosignerPolicy& cosigners, AuditReport& report) {
+  const std::span<const tlog::NoteVerifier> keys(&key, 1);
+  if (cosigners.required == 0) {
+    FP_ASSIGN_OR_RETURN(tlog::OpenedCheckpoint opened,
+                        tlog::OpenCheckpoint(note, keys, report.origin));
+    return opened.checkpoint;
+  }
+  tlog::CosignaturePolicy policy;
+  policy.cosigners = cosigners.cosigners;
+  policy.required = cosigners.required;
+  FP_ASSIGN_OR_RETURN(tlog::CosignedCheckpoint opened,
+                      tlog::OpenCosignedCheckpoint(note, keys, report.origin, policy));
+  for (size_t index : opened.cosigned_by) {
+    report.cosigned_by.push_back(cosigners.cosigners[index].name());
+  }
+  return opened.checkpoint;
+}
+
+std::string CosignedDetail(const AuditReport& report, const CosignerPolicy& cosigners) {
+  if (cosigners.required == 0) return "";
+  std::string names;
+  for (const std::string& name : report.cosigned_by) names += (names.empty() ? "" : ", ") + name;
+  return fmt::format("; cosigned by {} ({} of {} pinned cosigners, {} required)", names,
+                     report.cosigned_by.size(), cosigners.cosigners.size(), cosigners.required);
+}
+
+// Check 1: the checkpoint note opens with the pinned key for `origin`, and enough pinned
+// cosigners vouch for it.
 bool CheckCheckpoint(const tlog::ProofBundle& bundle, const tlog::NoteVerifier& key,
-                     AuditReport& report) {
-  StatusOr<tlog::OpenedCheckpoint> opened = tlog::OpenCheckpoint(
-      bundle.checkpoint_note, std::span<const tlog::NoteVerifier>(&key, 1), report.origin);
+                     const CosignerPolicy& cosigners, AuditReport& report) {
+  report.cosigners_required = cosigners.required;
+  StatusOr<tlog::Checkpoint> opened = OpenPinned(bundle.checkpoint_note, key, cosigners, report);
   if (!opened.ok()) {
     Add(report, "checkpoint", false, std::string(opened.status().message()));
     return false;
   }
-  report.checkpoint_size = opened->checkpoint.size;
-  report.checkpoint_root = opened->checkpoint.root;
+  report.checkpoint_size = opened->size;
+  report.checkpoint_root = opened->root;
   Add(report, "checkpoint", true,
-      fmt::format("signed by {} for origin '{}': {} entries, root {}", report.key, report.origin,
-                  report.checkpoint_size, HexEncode(report.checkpoint_root)));
+      fmt::format("signed by {} for origin '{}': {} entries, root {}{}", report.key, report.origin,
+                  report.checkpoint_size, HexEncode(report.checkpoint_root),
+                  CosignedDetail(report, cosigners)));
   return true;
+}
+
+// Lines of pinned cosigners in the bundle's checkpoint note, by name and key ID (unverified: a
+// fetch only waits for them; VerifyAudit checks them).
+size_t PinnedLines(const std::string& bundle_text, const CosignerPolicy& cosigners) {
+  StatusOr<tlog::ProofBundle> bundle = tlog::ParseProofBundle(bundle_text);
+  if (!bundle.ok()) return 0;
+  StatusOr<tlog::ParsedNote> note = tlog::ParseNote(bundle->checkpoint_note);
+  if (!note.ok()) return 0;
+  size_t count = 0;
+  for (const tlog::CosignatureVerifier& cosigner : cosigners.cosigners) {
+    for (const tlog::NoteSignature& line : note->signatures) {
+      if (line.key_name == cosigner.name() && line.key_id == cosigner.key_id()) {
+        ++count;
+        break;
+      }
+    }
+  }
+  return count;
 }
 
 // Check 2: the leaf is at the bundle's index in the checkpoint's tree.
@@ -169,18 +220,16 @@ void CheckOutput(AuditReport& report) {
 }
 
 // Checks 1-3. Returns the record when all passed and the extra data is a session record.
-std::optional<record_pb::SessionRecord> CheckBundle(std::string_view text,
-                                                    std::optional<Hash> leaf_hash,
-                                                    const tlog::NoteVerifier& key,
-                                                    std::string_view session_id,
-                                                    AuditReport& report) {
+std::optional<record_pb::SessionRecord> CheckBundle(
+    std::string_view text, std::optional<Hash> leaf_hash, const tlog::NoteVerifier& key,
+    const CosignerPolicy& cosigners, std::string_view session_id, AuditReport& report) {
   StatusOr<tlog::ProofBundle> bundle = tlog::ParseProofBundle(text);
   if (!bundle.ok()) {
     Add(report, "checkpoint", false,
         fmt::format("the bundle does not parse: {}", bundle.status().message()));
     return std::nullopt;
   }
-  if (!CheckCheckpoint(*bundle, key, report)) return std::nullopt;
+  if (!CheckCheckpoint(*bundle, key, cosigners, report)) return std::nullopt;
   if (!leaf_hash.has_value() && bundle->extra.empty()) {
     Add(report, "inclusion", false, "the bundle carries no entry; give the leaf hash");
     return std::nullopt;
@@ -210,8 +259,35 @@ Status AuditReport::status() const {
   return OkStatus();
 }
 
+StatusOr<CosignerPolicy> MakeCosignerPolicy(const std::vector<std::string>& keys,
+                                            std::optional<size_t> min_cosigners) {
+  CosignerPolicy policy;
+  for (const std::string& text : keys) {
+    StatusOr<tlog::CosignatureVerifier> key = tlog::CosignatureVerifier::Parse(text);
+    if (!key.ok()) return key.status().WithContext("--cosigner " + text);
+    for (const tlog::CosignatureVerifier& other : policy.cosigners) {
+      if (other.name() == key->name() && other.key_id() == key->key_id()) {
+        return InvalidArgumentError(fmt::format("--cosigner {} is given twice", text));
+      }
+    }
+    policy.cosigners.push_back(*std::move(key));
+  }
+  policy.required = min_cosigners.value_or(policy.cosigners.size());
+  if (policy.required > policy.cosigners.size()) {
+    return InvalidArgumentError(
+        fmt::format("--min-cosigners {} is more than the {} cosigner(s) pinned with --cosigner",
+                    policy.required, policy.cosigners.size()));
+  }
+  if (policy.required == 0 && !policy.cosigners.empty()) {
+    return InvalidArgumentError(
+        "--min-cosigners 0 with pinned cosigners: pin none to demand no cosignature");
+  }
+  return policy;
+}
+
 StatusOr<AuditMaterial> FetchAuditMaterial(ApiClient& api, const std::string& session_id,
-                                           bool with_steps, std::chrono::milliseconds timeout) {
+                                           bool with_steps, std::chrono::milliseconds timeout,
+                                           const CosignerPolicy& cosigners) {
   FP_ASSIGN_OR_RETURN(SessionView session, api.Session(session_id));
   if (session.phase != "verified") {
     return FailedPreconditionError(
@@ -224,8 +300,11 @@ StatusOr<AuditMaterial> FetchAuditMaterial(ApiClient& api, const std::string& se
   while (true) {
     StatusOr<std::string> bundle = api.Bundle(session_id);
     if (bundle.ok()) {
+      const bool cosigned = PinnedLines(*bundle, cosigners) >= cosigners.required;
       material.bundle = std::move(*bundle);
-      break;
+      if (cosigned || Clock::now() >= deadline) break;
+      std::this_thread::sleep_for(kBundleRetryInterval);
+      continue;
     }
     if (bundle.status().code() != StatusCode::kFailedPrecondition) return bundle.status();
     if (Clock::now() >= deadline) {
@@ -258,23 +337,24 @@ StatusOr<AuditMaterial> FetchAuditMaterial(ApiClient& api, const std::string& se
 }
 
 AuditReport VerifyAudit(const AuditMaterial& material, const tlog::NoteVerifier& key,
-                        std::string_view origin) {
+                        std::string_view origin, const CosignerPolicy& cosigners) {
   AuditReport report;
   report.origin = ReportOrigin(key, origin);
   report.key = KeyLabel(key);
   std::optional<record_pb::SessionRecord> record =
-      CheckBundle(material.bundle, std::nullopt, key, material.session_id, report);
+      CheckBundle(material.bundle, std::nullopt, key, cosigners, material.session_id, report);
   if (!record.has_value() || !material.steps.has_value()) return report;
   if (CheckSteps(*material.steps, *record, report)) CheckOutput(report);
   return report;
 }
 
 AuditReport VerifyBundle(std::string_view bundle_text, std::optional<Hash> leaf_hash,
-                         const tlog::NoteVerifier& key, std::string_view origin) {
+                         const tlog::NoteVerifier& key, std::string_view origin,
+                         const CosignerPolicy& cosigners) {
   AuditReport report;
   report.origin = ReportOrigin(key, origin);
   report.key = KeyLabel(key);
-  CheckBundle(bundle_text, leaf_hash, key, "", report);
+  CheckBundle(bundle_text, leaf_hash, key, cosigners, "", report);
   return report;
 }
 
@@ -284,7 +364,11 @@ std::string FormatAuditReport(const AuditReport& report) {
     text += fmt::format("  {:<4} {:<10} {}\n", check.ok ? "ok" : "FAIL", check.name, check.detail);
   }
   const Status status = report.status();
-  text += status.ok() ? "  VERIFIED offline against the pinned key\n"
+  const std::string cosigned =
+      report.cosigners_required == 0
+          ? ""
+          : fmt::format(" and {} pinned cosigner(s)", report.cosigned_by.size());
+  text += status.ok() ? fmt::format("  VERIFIED offline against the pinned key{}\n", cosigned)
                       : fmt::format("  NOT VERIFIED: {}\n", status.message());
   return text;
 }
@@ -300,6 +384,10 @@ json::object AuditReportJson(const AuditReport& report) {
   body["checks"] = std::move(checks);
   body["origin"] = report.origin;
   body["key"] = report.key;
+  json::array cosigned_by;
+  for (const std::string& name : report.cosigned_by) cosigned_by.emplace_back(name);
+  body["cosigners_required"] = report.cosigners_required;
+  body["cosigned_by"] = std::move(cosigned_by);
   body["checkpoint"] =
       json::object{{"size", report.checkpoint_size}, {"root", HexEncode(report.checkpoint_root)}};
   body["ledger_index"] = report.ledger_index;

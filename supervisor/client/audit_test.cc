@@ -1,7 +1,8 @@
 // Tests of the offline audit: a ledger and a session tree are built here with a naive RFC 6962
 // implementation (recursive MTH and PATH, independent of common/merkle) and the step leaf layout
-// of docs/formats.md, the checkpoint is signed with a fresh key, and every check is shown to pass
-// on honest material and to fail on each kind of tampering.
+// of docs/formats.md, the checkpoint is signed with a fresh key (and cosigned by fresh cosigner
+// keys), and every check is shown to pass on honest material and to fail on each kind of
+// tampering, including k-of-n cosigner policies that are not met and forged cosignatures.
 #include "supervisor/client/audit.h"
 
 #include <fstream>
@@ -10,6 +11,7 @@
 
 #include "common/base/bytes.h"
 #include "common/tlog/checkpoint.h"
+#include "common/tlog/cosignature.h"
 #include "common/tlog/proof_bundle.h"
 #include "supervisor/state/state.pb.h"
 #include "tests/testutil/status_matchers.h"
@@ -97,6 +99,28 @@ class AuditTest : public ::testing::Test {
     Bytes output;
     for (uint32_t token : tokens_) AppendU32(output, token);
     output_hash_ = Sha256(ByteSpan(output));
+    for (int i = 0; i < 3; ++i) {
+      auto cosigner = tlog::Cosigner::Generate("supervisor-" + std::to_string(i));
+      FP_CHECK_OK(cosigner);
+      cosigner_keys_.push_back(cosigner->Verifier().ToString());
+      cosigners_.push_back(std::move(cosigner).value());
+    }
+  }
+
+  // The policy of pinning cosigners_[i] for each i in `pinned`, demanding `required` (default:
+  // all pinned).
+  CosignerPolicy Pin(std::vector<size_t> pinned, std::optional<size_t> required = {}) const {
+    std::vector<std::string> keys;
+    for (size_t i : pinned) keys.push_back(cosigner_keys_[i]);
+    auto policy = MakeCosignerPolicy(keys, required);
+    FP_CHECK_OK(policy);
+    return std::move(policy).value();
+  }
+
+  AuditMaterial Cosigned(std::vector<size_t> cosigned) const {
+    AuditMaterial material = Material();
+    material.bundle = Bundle(Record(), std::move(cosigned));
+    return material;
   }
 
   // An honest record, or one with the given changes.
@@ -122,8 +146,10 @@ class AuditTest : public ::testing::Test {
     return entry.SerializeAsString();
   }
 
-  // The bundle of `record` as entry kRecordIndex of a four-entry ledger, signed by `signer_`.
-  std::string Bundle(const record_pb::SessionRecord& record) const {
+  // The bundle of `record` as entry kRecordIndex of a four-entry ledger, signed by `signer_` and
+  // cosigned by cosigners_[i] for each i in `cosigned`.
+  std::string Bundle(const record_pb::SessionRecord& record,
+                     std::vector<size_t> cosigned = {}) const {
     const std::string bytes = EntryBytes(record);
     std::vector<Hash> ledger = {NaiveLeaf(AsBytes("entry 0")), NaiveLeaf(AsBytes("entry 1")),
                                 NaiveLeaf(AsBytes(bytes)), NaiveLeaf(AsBytes("entry 3"))};
@@ -131,6 +157,11 @@ class AuditTest : public ::testing::Test {
     auto note =
         tlog::SignCheckpoint(checkpoint, std::span<const tlog::NoteSigner>(signer_.get(), 1));
     FP_CHECK_OK(note);
+    for (size_t i : cosigned) {
+      auto line = cosigners_[i].CosignatureLine(*tlog::FormatCheckpoint(checkpoint), 1700000000);
+      FP_CHECK_OK(line);
+      *note += *line;
+    }
     tlog::ProofBundle bundle;
     bundle.extra.assign(bytes.begin(), bytes.end());
     bundle.index = kRecordIndex;
@@ -177,6 +208,8 @@ class AuditTest : public ::testing::Test {
   Hash output_hash_{};
   std::unique_ptr<tlog::NoteSigner> signer_;
   std::optional<tlog::NoteVerifier> key_;
+  std::vector<tlog::Cosigner> cosigners_;  // "supervisor-0" .. "supervisor-2"
+  std::vector<std::string> cosigner_keys_;
   fp::testing::TempDir dir_;
 };
 
@@ -228,7 +261,72 @@ TEST_F(AuditTest, LoadsAKeyFromTextOrFile) {
   EXPECT_EQ(from_file.ToString(), key_->ToString());
 }
 
+TEST_F(AuditTest, OneOfOnePinnedCosignerPasses) {
+  const AuditReport report = VerifyAudit(Cosigned({0}), *key_, "", Pin({0}));
+  EXPECT_OK(report.status());
+  EXPECT_EQ(report.cosigners_required, 1u);
+  EXPECT_EQ(report.cosigned_by, std::vector<std::string>{"supervisor-0"});
+  EXPECT_NE(report.checks[0].detail.find("cosigned by supervisor-0"), std::string::npos);
+  EXPECT_NE(FormatAuditReport(report).find("and 1 pinned cosigner(s)"), std::string::npos);
+  const boost::json::object json = AuditReportJson(report);
+  EXPECT_EQ(json.at("cosigned_by").as_array().size(), 1u);
+  // Unpinned cosignature lines change nothing for an auditor who pins none.
+  EXPECT_OK(VerifyAudit(Cosigned({0, 1}), *key_, "").status());
+}
+
+TEST_F(AuditTest, TwoOfThreeWithOneMissingPasses) {
+  const AuditReport report = VerifyAudit(Cosigned({0, 2}), *key_, "", Pin({0, 1, 2}, 2));
+  EXPECT_OK(report.status());
+  EXPECT_EQ(report.cosigned_by, (std::vector<std::string>{"supervisor-0", "supervisor-2"}));
+  EXPECT_OK(
+      VerifyBundle(Bundle(Record(), {1, 2}), std::nullopt, *key_, "", Pin({0, 1, 2}, 2)).status());
+}
+
+TEST_F(AuditTest, MakeCosignerPolicyDefaultsToEveryPinnedCosigner) {
+  EXPECT_EQ(Pin({0, 1, 2}).required, 3u);
+  ASSERT_OK_AND_ASSIGN(CosignerPolicy none, MakeCosignerPolicy({}, std::nullopt));
+  EXPECT_EQ(none.required, 0u);
+  EXPECT_TRUE(none.cosigners.empty());
+}
+
 // ---- Error paths -------------------------------------------------------------------------
+
+TEST_F(AuditTest, PinnedCosignerThatNeverSignedFailsTheCheckpointWhenRequired) {
+  const AuditReport report = VerifyAudit(Cosigned({0}), *key_, "", Pin({0, 1}));
+  EXPECT_THAT(report.status(), StatusIs(StatusCode::kUnauthenticated));
+  EXPECT_EQ(CheckNames(report), (std::vector<std::string>{"checkpoint"}));
+  EXPECT_NE(report.checks[0].detail.find("1 of the 2"), std::string::npos);
+  EXPECT_THAT(VerifyAudit(Material(), *key_, "", Pin({0})).status(),
+              StatusIs(StatusCode::kUnauthenticated));  // no cosignature at all
+  EXPECT_OK(VerifyAudit(Cosigned({0}), *key_, "", Pin({0, 1}, 1)).status());
+}
+
+TEST_F(AuditTest, ForgedCosignatureLineFailsEvenWithEnoughValidOnes) {
+  AuditMaterial material = Cosigned({1, 0});  // supervisor-0's line last
+  auto bundle = tlog::ParseProofBundle(material.bundle);
+  ASSERT_OK(bundle);
+  std::string& note = bundle->checkpoint_note;
+  const size_t at = note.size() - 10;  // inside the last line's base64 signature
+  note[at] = note[at] == 'A' ? 'B' : 'A';
+  auto text = tlog::FormatProofBundle(*bundle);
+  ASSERT_OK(text);
+  material.bundle = *text;
+  const AuditReport report = VerifyAudit(material, *key_, "", Pin({0, 1}, 1));
+  EXPECT_THAT(report.status(), StatusIs(StatusCode::kUnauthenticated));
+  EXPECT_NE(report.checks[0].detail.find("supervisor-0"), std::string::npos);
+}
+
+TEST_F(AuditTest, BadCosignerPoliciesAreRefused) {
+  EXPECT_THAT(MakeCosignerPolicy({"not a key"}, std::nullopt),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(MakeCosignerPolicy({key_->ToString()}, std::nullopt),  // a note key, not 0x04
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(MakeCosignerPolicy({cosigner_keys_[0], cosigner_keys_[0]}, std::nullopt),
+              StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(MakeCosignerPolicy({cosigner_keys_[0]}, 2), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(MakeCosignerPolicy({}, 1), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(MakeCosignerPolicy({cosigner_keys_[0]}, 0), StatusIs(StatusCode::kInvalidArgument));
+}
 
 TEST_F(AuditTest, AnotherKeyFailsTheCheckpoint) {
   auto other = tlog::NoteSigner::Generate(kOrigin);

@@ -41,12 +41,19 @@ struct SubmitArgs {
   bool json = false;
 };
 
+// --cosigner (repeatable) and --min-cosigners of `audit` and `verify`.
+struct CosignerArgs {
+  std::vector<std::string> keys;
+  int min_cosigners = -1;  // -1: not given (every pinned cosigner)
+};
+
 struct AuditArgs {
   std::string supervisor;
   std::string session;
   std::string key;
   std::string key_file;
   std::string origin;
+  CosignerArgs cosigners;
   bool no_steps = false;
   int timeout_s = 30;
   bool json = false;
@@ -58,8 +65,18 @@ struct VerifyArgs {
   std::string key_file;
   std::string origin;
   std::string leaf_hash;
+  CosignerArgs cosigners;
   bool json = false;
 };
+
+// A client of the --supervisor list: one URL keeps the single-attempt client; several fail over
+// (api_client.h), with Submit's Idempotency-Key making a resend admit nothing twice.
+StatusOr<ApiClient> ClientFor(const std::string& supervisors) {
+  FP_ASSIGN_OR_RETURN(std::vector<client::SupervisorUrl> urls,
+                      client::ParseSupervisorUrls(supervisors));
+  if (urls.size() == 1) return ApiClient(urls[0]);
+  return ApiClient(std::move(urls), client::FailoverOptions{});
+}
 
 void PrintJson(const json::value& value) {
   std::printf("%s\n", json::serialize(value).c_str());
@@ -118,7 +135,7 @@ Status ReportVerified(const SubmitArgs& args, const std::vector<uint32_t>& promp
 }
 
 Status RunSubmit(const SubmitArgs& args) {
-  FP_ASSIGN_OR_RETURN(client::SupervisorUrl url, client::ParseSupervisorUrl(args.supervisor));
+  FP_ASSIGN_OR_RETURN(ApiClient api, ClientFor(args.supervisor));
   if (args.prompt.empty() == args.prompt_ids.empty()) {
     return InvalidArgumentError("give exactly one of --prompt and --prompt-ids");
   }
@@ -130,10 +147,9 @@ Status RunSubmit(const SubmitArgs& args) {
   if (args.replicas > 0) request.replicas = args.replicas;
   request.temperature = args.temperature;
   request.seed = args.seed;
-  ApiClient api(url);
   FP_ASSIGN_OR_RETURN(std::string id, api.Submit(request));
   if (!args.wait) {
-    const std::string state = fmt::format("{}/v1/sessions/{}", url.ToString(), id);
+    const std::string state = fmt::format("{}/v1/sessions/{}", api.url().ToString(), id);
     if (args.json) {
       PrintJson(json::object{{"session_id", id}, {"state", state}});
     } else {
@@ -150,14 +166,20 @@ Status RunSubmit(const SubmitArgs& args) {
   return ReportVerified(args, request.prompt_token_ids, view, output);
 }
 
+StatusOr<client::CosignerPolicy> PolicyFor(const CosignerArgs& args) {
+  std::optional<size_t> min_cosigners;
+  if (args.min_cosigners >= 0) min_cosigners = static_cast<size_t>(args.min_cosigners);
+  return client::MakeCosignerPolicy(args.keys, min_cosigners);
+}
+
 Status RunAudit(const AuditArgs& args) {
-  FP_ASSIGN_OR_RETURN(client::SupervisorUrl url, client::ParseSupervisorUrl(args.supervisor));
+  FP_ASSIGN_OR_RETURN(ApiClient api, ClientFor(args.supervisor));
   FP_ASSIGN_OR_RETURN(tlog::NoteVerifier key, client::LoadVerifierKey(args.key, args.key_file));
-  ApiClient api(url);
+  FP_ASSIGN_OR_RETURN(client::CosignerPolicy cosigners, PolicyFor(args.cosigners));
   FP_ASSIGN_OR_RETURN(client::AuditMaterial material,
                       client::FetchAuditMaterial(api, args.session, !args.no_steps,
-                                                 std::chrono::seconds(args.timeout_s)));
-  const client::AuditReport report = client::VerifyAudit(material, key, args.origin);
+                                                 std::chrono::seconds(args.timeout_s), cosigners));
+  const client::AuditReport report = client::VerifyAudit(material, key, args.origin, cosigners);
   if (args.json) {
     PrintJson(client::AuditReportJson(report));
   } else {
@@ -170,6 +192,7 @@ Status RunAudit(const AuditArgs& args) {
 
 Status RunVerify(const VerifyArgs& args) {
   FP_ASSIGN_OR_RETURN(tlog::NoteVerifier key, client::LoadVerifierKey(args.key, args.key_file));
+  FP_ASSIGN_OR_RETURN(client::CosignerPolicy cosigners, PolicyFor(args.cosigners));
   std::optional<Hash> leaf_hash;
   if (!args.leaf_hash.empty()) {
     StatusOr<Hash> parsed = HashFromHex(args.leaf_hash);
@@ -184,7 +207,8 @@ Status RunVerify(const VerifyArgs& args) {
     return InvalidArgumentError(
         fmt::format("{} is larger than any proof bundle", args.bundle_file));
   }
-  const client::AuditReport report = client::VerifyBundle(text.str(), leaf_hash, key, args.origin);
+  const client::AuditReport report =
+      client::VerifyBundle(text.str(), leaf_hash, key, args.origin, cosigners);
   if (args.json) {
     PrintJson(client::AuditReportJson(report));
   } else {
@@ -203,10 +227,23 @@ void AddKeyOptions(CLI::App* command, std::string& key, std::string& key_file,
   command->add_option("--origin", origin, "The ledger's origin (default: the key's name)");
 }
 
+void AddCosignerOptions(CLI::App* command, CosignerArgs& args) {
+  command->add_option("--cosigner", args.keys,
+                      "A supervisor's cosigner key (NAME+KEYID+BASE64, cosignature/v1), pinned "
+                      "beforehand; repeat for each");
+  command
+      ->add_option("--min-cosigners", args.min_cosigners,
+                   "Pinned cosigners that must vouch for the checkpoint (default: all pinned)")
+      ->check(CLI::Range(0, static_cast<int>(tlog::kMaxNoteSignatures)));
+}
+
 void AddSubmitCommand(CLI::App& app) {
   auto args = std::make_shared<SubmitArgs>();
   CLI::App* cmd = app.add_subcommand("submit", "Submit a session to a supervisor's HTTP API");
-  cmd->add_option("--supervisor", args->supervisor, "http://HOST:PORT")->required();
+  cmd->add_option("--supervisor", args->supervisor,
+                  "http://HOST:PORT, or a comma-separated list of a cluster's supervisors "
+                  "(fail over between them)")
+      ->required();
   cmd->add_option("--model", args->model, "Model id the supervisor serves")->capture_default_str();
   CLI::Option* text = cmd->add_option("--prompt", args->prompt,
                                       "Prompt text (byte-level models: one token per UTF-8 byte)");
@@ -231,9 +268,12 @@ void AddAuditCommand(CLI::App& app) {
   auto args = std::make_shared<AuditArgs>();
   CLI::App* cmd = app.add_subcommand(
       "audit", "Verify a session's proofs offline against the supervisor's pinned key");
-  cmd->add_option("--supervisor", args->supervisor, "http://HOST:PORT")->required();
+  cmd->add_option("--supervisor", args->supervisor,
+                  "http://HOST:PORT, or a comma-separated list of a cluster's supervisors")
+      ->required();
   cmd->add_option("--session", args->session, "Session id (32 hex characters)")->required();
   AddKeyOptions(cmd, args->key, args->key_file, args->origin);
+  AddCosignerOptions(cmd, args->cosigners);
   cmd->add_flag("--no-steps", args->no_steps, "Skip the per-step leaf and output checks");
   cmd->add_option("--timeout-s", args->timeout_s, "Longest wait for a covering checkpoint")
       ->check(CLI::Range(1, kMaxTimeoutSeconds))
@@ -248,6 +288,7 @@ void AddVerifyCommand(CLI::App& app) {
       app.add_subcommand("verify", "Verify a tlog-proof bundle file offline against a pinned key");
   cmd->add_option("bundle", args->bundle_file, "The bundle (c2sp.org/tlog-proof@v1)")->required();
   AddKeyOptions(cmd, args->key, args->key_file, args->origin);
+  AddCosignerOptions(cmd, args->cosigners);
   cmd->add_option("--leaf-hash", args->leaf_hash,
                   "The leaf's RFC 6962 hash (default: the hash of the bundle's extra data)");
   cmd->add_flag("--json", args->json, "JSON on stdout");

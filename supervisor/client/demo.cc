@@ -17,6 +17,7 @@
 #include "supervisor/client/api_client.h"
 #include "supervisor/client/audit.h"
 #include "supervisor/client/local_cluster.h"
+#include "supervisor/ledger/checkpoints.h"
 
 namespace fp::client {
 namespace {
@@ -29,7 +30,7 @@ constexpr const char* kPrompts[] = {
     "Silent corruption is", "Every step commits to", "A checkpoint is signed",
 };
 constexpr size_t kPromptCount = sizeof(kPrompts) / sizeof(kPrompts[0]);
-// How long the audit waits for a signed checkpoint that covers the session.
+// How long the audit waits for a signed, cosigned checkpoint that covers the session.
 constexpr std::chrono::milliseconds kAuditTimeout{10'000};
 
 std::atomic<bool> g_interrupted{false};
@@ -238,15 +239,28 @@ Status ReadOutputs(ApiClient& api, std::vector<DemoSession>& sessions) {
   return OkStatus();
 }
 
-// The audit the `audit` command runs, against the cluster's pinned key.
+// The supervisor's cosigner key, read from its data directory (offline, like the ledger key).
+StatusOr<tlog::CosignatureVerifier> SupervisorCosigner(const LocalCluster& cluster) {
+  const fs::path file = fs::path(cluster.verifier_key_file()).parent_path() / "supervisor" /
+                        supervisor::kCosignerKeyFile;
+  FP_ASSIGN_OR_RETURN(tlog::Cosigner cosigner,
+                      supervisor::LoadCosigner(file.string(), kLocalSupervisorName));
+  return cosigner.Verifier();
+}
+
+// The audit the `audit` command runs, against the cluster's pinned key and its supervisor's
+// pinned cosigner key (one cosignature demanded).
 Status AuditOne(ApiClient& api, const LocalCluster& cluster, const DemoSession& session,
                 Printer& printer) {
-  printer.Line(fmt::format("\nAudit of session {} (offline, pinned key {})", session.id,
-                           cluster.verifier_key()));
+  FP_ASSIGN_OR_RETURN(tlog::CosignatureVerifier cosigner_key, SupervisorCosigner(cluster));
+  printer.Line(fmt::format("\nAudit of session {} (offline, pinned key {}, pinned cosigner {})",
+                           session.id, cluster.verifier_key(), cosigner_key.ToString()));
   FP_ASSIGN_OR_RETURN(tlog::NoteVerifier key, LoadVerifierKey(cluster.verifier_key(), ""));
+  FP_ASSIGN_OR_RETURN(CosignerPolicy cosigners, MakeCosignerPolicy({cosigner_key.ToString()}, 1));
   FP_ASSIGN_OR_RETURN(AuditMaterial material,
-                      FetchAuditMaterial(api, session.id, /*with_steps=*/true, kAuditTimeout));
-  const AuditReport report = VerifyAudit(material, key, "");
+                      FetchAuditMaterial(api, session.id,
+                                         /*with_steps=*/true, kAuditTimeout, cosigners));
+  const AuditReport report = VerifyAudit(material, key, "", cosigners);
   printer.Raw(FormatAuditReport(report));
   FP_RETURN_IF_ERROR(report.status());
   if (report.output_tokens != session.output.token_ids) {
@@ -260,7 +274,10 @@ void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id, 
   const std::string url = cluster.api_url();
   printer.Line("\nEndpoints");
   printer.Line(fmt::format("  API          {}   (curl {}/v1/sessions/{})", url, url, session_id));
-  printer.Line(fmt::format("  checkpoint   curl {}/v1/checkpoint", url));
+  printer.Line(
+      fmt::format("  checkpoint   curl {}/v1/checkpoint  (cosigners: curl "
+                  "{}/v1/checkpoint/cosigners)",
+                  url, url));
   printer.Line(fmt::format("  bundle       curl {}/v1/sessions/{}/bundle", url, session_id));
   printer.Line(fmt::format("  metrics      {}/metrics (supervisor)", url));
   for (const ProcessInfo& worker : cluster.worker_infos()) {
@@ -273,10 +290,11 @@ void PrintEndpoints(const LocalCluster& cluster, const std::string& session_id, 
       fmt::format("  obtain key   curl {}/v1/checkpoint/key  (offline: fieldprint supervisor "
                   "key --data-dir {}/supervisor); compare it once, then pin the file",
                   url, fs::path(cluster.verifier_key_file()).parent_path().string()));
+  StatusOr<tlog::CosignatureVerifier> cosigner = SupervisorCosigner(cluster);
   printer.Line(
-      fmt::format("  audit        fieldprint audit --supervisor {} --session {} "
-                  "--key-file {}",
-                  url, session_id, cluster.verifier_key_file()));
+      fmt::format("  audit        fieldprint audit --supervisor {} --session {} --key-file {}{}",
+                  url, session_id, cluster.verifier_key_file(),
+                  cosigner.ok() ? " --cosigner " + cosigner->ToString() : std::string()));
 }
 
 void PrintKept(const LocalCluster& cluster, const std::string& dir, Printer& printer) {

@@ -4,7 +4,8 @@
 // N workers as separate processes on loopback, the last worker injecting one hidden-state bit
 // flip into its first session. It submits sessions over the HTTP API, prints one line per event
 // (placement, divergence, rollback, verification) while they run, then a table per session, an
-// offline audit of one session against the supervisor's pinned key (audit.h), and where the API
+// offline audit of one session against the supervisor's pinned ledger key and its pinned cosigner
+// key, demanding its cosignature (audit.h), and where the API
 // and the metrics are. Without --keep it stops every process (SIGTERM, then SIGKILL after a
 // deadline) and removes the directory; with --keep it leaves the cluster running and prints how
 // to stop it.

@@ -1,8 +1,10 @@
 // Checkpoint signing; see checkpoints.h.
 #include "supervisor/ledger/checkpoints.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 
 #include <fcntl.h>
@@ -10,14 +12,16 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/base/log.h"
 #include "common/merkle/merkle.h"
+#include "common/metrics/metrics.h"
 #include "supervisor/state/state.pb.h"
 #include "supervisor/state/trees.h"
 
 namespace fp::supervisor {
 namespace {
 
-// Upper bound of a signer key file ("PRIVATE+KEY+" + name + key id + base64 seed).
+// Upper bound of a key file ("PRIVATE+KEY+" + name + key id + base64 seed).
 constexpr size_t kMaxKeyFileBytes = 4096;
 
 Status WriteNewFile(const std::string& path, std::string_view text) {
@@ -30,6 +34,26 @@ Status WriteNewFile(const std::string& path, std::string_view text) {
     return UnavailableError(fmt::format("write {}: {}", path, std::strerror(errno)));
   }
   return OkStatus();
+}
+
+// The key string in a key file (one line), without its line end. NotFound when the file does not
+// exist; InvalidArgument when it is too large to be a key; Unavailable when it cannot be read.
+StatusOr<std::string> ReadKeyFile(const std::string& path) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    return NotFoundError(
+        fmt::format("{} does not exist (a supervisor creates it on its first start)", path));
+  }
+  if (std::filesystem::file_size(path, error) > kMaxKeyFileBytes || error) {
+    return InvalidArgumentError(fmt::format("{} is not a key file", path));
+  }
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  if (!file) return UnavailableError(fmt::format("cannot read {}", path));
+  std::string key = text.str();
+  while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+  return key;
 }
 
 }  // namespace
@@ -45,20 +69,7 @@ StatusOr<tlog::NoteSigner> LoadOrCreateSigner(const std::string& path, std::stri
 }
 
 StatusOr<tlog::NoteSigner> LoadSigner(const std::string& path, std::string_view origin) {
-  std::error_code error;
-  if (!std::filesystem::exists(path, error)) {
-    return NotFoundError(
-        fmt::format("{} does not exist (a supervisor creates it on its first start)", path));
-  }
-  if (std::filesystem::file_size(path, error) > kMaxKeyFileBytes || error) {
-    return InvalidArgumentError(fmt::format("{} is not a signer key file", path));
-  }
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  if (!file) return UnavailableError(fmt::format("cannot read {}", path));
-  std::string key = text.str();
-  while (!key.empty() && (key.back() == '\n' || key.back() == '\r')) key.pop_back();
+  FP_ASSIGN_OR_RETURN(std::string key, ReadKeyFile(path));
   StatusOr<tlog::NoteSigner> signer = tlog::NoteSigner::Parse(key);
   if (!signer.ok()) return signer.status().WithContext(path);
   if (signer->name() != origin) {
@@ -69,11 +80,72 @@ StatusOr<tlog::NoteSigner> LoadSigner(const std::string& path, std::string_view 
   return signer;
 }
 
-CheckpointSigner::CheckpointSigner(RocksStore* state, std::string origin, tlog::NoteSigner signer)
-    : state_(state),
-      origin_(std::move(origin)),
-      signer_(std::move(signer)),
-      verifier_(signer_.Verifier()) {}
+StatusOr<tlog::Cosigner> LoadOrCreateCosigner(const std::string& path, std::string_view name) {
+  std::error_code error;
+  if (!std::filesystem::exists(path, error)) {
+    FP_ASSIGN_OR_RETURN(tlog::Cosigner cosigner, tlog::Cosigner::Generate(name));
+    FP_RETURN_IF_ERROR(WriteNewFile(path, cosigner.ToString() + "\n"));
+    return cosigner;
+  }
+  return LoadCosigner(path, name);
+}
+
+StatusOr<tlog::Cosigner> LoadCosigner(const std::string& path, std::string_view name) {
+  FP_ASSIGN_OR_RETURN(std::string key, ReadKeyFile(path));
+  StatusOr<tlog::Cosigner> cosigner = tlog::Cosigner::Parse(key);
+  if (!cosigner.ok()) return cosigner.status().WithContext(path);
+  if (cosigner->name() != name) {
+    return FailedPreconditionError(
+        fmt::format("{} is the cosigner key of '{}', but this supervisor is '{}' (its tls-name)",
+                    path, cosigner->name(), name));
+  }
+  return cosigner;
+}
+
+StatusOr<pb::CosignerSet> RegisteredCosigners(const StateReader& reader) {
+  FP_ASSIGN_OR_RETURN(std::optional<pb::CosignerSet> set,
+                      reader.GetMessage<pb::CosignerSet>(kMeta, kMetaCosigners));
+  return set.value_or(pb::CosignerSet());
+}
+
+namespace {
+
+// Appends the stored cosignature lines of checkpoint `size` to `note`, and their names to `names`.
+Status AppendCosignatureLines(const StateReader& reader, uint64_t size, std::string& note,
+                              std::vector<std::string>& names) {
+  FP_ASSIGN_OR_RETURN(std::optional<pb::CheckpointCosignatures> stored,
+                      reader.GetMessage<pb::CheckpointCosignatures>(kCosignatures, U64Key(size)));
+  if (!stored.has_value()) return OkStatus();
+  for (const pb::StoredCosignature& entry : stored->cosignatures()) {
+    // The applier stored only verified lines: anything else here is corrupt storage.
+    if (!tlog::IsValidKeyName(entry.name()) || entry.signature().size() != kEd25519SignatureSize) {
+      return DataLossError(fmt::format("stored cosignature of checkpoint {} is malformed", size));
+    }
+    tlog::Cosignature cosignature;
+    cosignature.name = entry.name();
+    cosignature.key_id = entry.key_id();
+    cosignature.timestamp = entry.timestamp();
+    std::copy(entry.signature().begin(), entry.signature().end(), cosignature.signature.begin());
+    note += tlog::FormatCosignatureLine(cosignature);
+    names.push_back(entry.name());
+  }
+  return OkStatus();
+}
+
+StatusOr<uint64_t> AppliedPosition(const RocksStore& state) {
+  FP_ASSIGN_OR_RETURN(std::optional<std::string> applied, state.Get(kMeta, kMetaApplied));
+  if (!applied.has_value()) return uint64_t{0};
+  return ParseU64(*applied);
+}
+
+Status LedgerKeyDiffers(const std::string& cluster_key, const tlog::NoteVerifier& ours) {
+  return FailedPreconditionError(fmt::format(
+      "this supervisor's ledger key {} differs from the cluster's {}: every supervisor of a "
+      "cluster signs with the same {} (copy it from a running supervisor before the first start)",
+      ours.ToString(), cluster_key, kCheckpointKeyFile));
+}
+
+}  // namespace
 
 StatusOr<SignedCheckpoint> SignedCheckpointAt(const StateReader& reader, uint64_t size) {
   FP_ASSIGN_OR_RETURN(std::optional<std::string> note, reader.Get(kSigned, U64Key(size)));
@@ -83,7 +155,9 @@ StatusOr<SignedCheckpoint> SignedCheckpointAt(const StateReader& reader, uint64_
   StatusOr<tlog::Checkpoint> checkpoint = tlog::ParseCheckpoint(parsed->text);
   if (!checkpoint.ok())
     return DataLossError("stored checkpoint: " + checkpoint.status().ToString());
-  return SignedCheckpoint{std::move(*checkpoint), std::move(*note)};
+  SignedCheckpoint result{std::move(*checkpoint), std::move(*note), {}};
+  FP_RETURN_IF_ERROR(AppendCosignatureLines(reader, size, result.note, result.cosigners));
+  return result;
 }
 
 StatusOr<SignedCheckpoint> LatestSignedCheckpoint(const RocksStore& state) {
@@ -95,7 +169,175 @@ StatusOr<SignedCheckpoint> LatestSignedCheckpoint(const RocksStore& state) {
   return SignedCheckpointAt(DbStateReader(&state), size);
 }
 
+// Cosignature records whose append failed, filled by the log's callbacks.
+struct CheckpointSigner::Retries {
+  std::mutex mutex;
+  std::vector<pb::LogRecord> records;  // guarded by mutex; at most kMaxCosignatureRetries
+};
+
+CheckpointSigner::CheckpointSigner(RocksStore* state, Log* log, tlog::NoteSigner ledger_key,
+                                   tlog::Cosigner cosigner, prometheus::Registry* registry)
+    : state_(state),
+      log_(log),
+      origin_(ledger_key.name()),
+      signer_(std::move(ledger_key)),
+      verifier_(signer_.Verifier()),
+      cosigner_(std::move(cosigner)),
+      cosigner_verifier_(cosigner_.Verifier()),
+      retries_(std::make_shared<Retries>()) {
+  FP_CHECK(state_ != nullptr);
+  FP_CHECK(log_ != nullptr);
+  if (registry != nullptr) {
+    auto& family = metrics::RegisterCounter(
+        *registry, "fieldprint_supervisor_cosignatures_total",
+        "Checkpoint cosignatures the applier verified and stored, or rejected");
+    cosignatures_applied_ = &family.Add({{"result", "applied"}});
+    cosignatures_rejected_ = &family.Add({{"result", "rejected"}});
+  }
+}
+
+Status CheckpointSigner::Join() {
+  FP_CHECK(!join_position_.has_value());
+  DbStateReader reader(state_);
+  FP_ASSIGN_OR_RETURN(pb::CosignerSet set, RegisteredCosigners(reader));
+  // Refused before anything is appended when the state already knows the cluster's key.
+  if (!set.ledger_key().empty() && set.ledger_key() != verifier_.ToString()) {
+    return LedgerKeyDiffers(set.ledger_key(), verifier_);
+  }
+  pb::LogRecord record;
+  pb::CosignerJoined* joined = record.mutable_cosigner_joined();
+  joined->set_name(cosigner_.name());
+  joined->set_cosigner_key(cosigner_verifier_.ToString());
+  joined->set_ledger_key(verifier_.ToString());
+  StatusOr<uint64_t> position = AppendAndWait(*log_, std::move(record));
+  if (position.status().code() == StatusCode::kFailedPrecondition) {
+    return FailedPreconditionError(fmt::format(
+        "cosigner '{}' joined this cluster with another key than {}: restore this supervisor's {} "
+        "or run it under another tls-name",
+        cosigner_.name(), cosigner_verifier_.ToString(), kCosignerKeyFile));
+  }
+  if (!position.ok()) return position.status().WithContext("append CosignerJoined");
+  join_position_ = *position;
+  return CheckMembership();
+}
+
+Status CheckpointSigner::CheckMembership() {
+  FP_CHECK(join_position_.has_value());
+  if (confirmed_) return OkStatus();
+  FP_ASSIGN_OR_RETURN(uint64_t applied, AppliedPosition(*state_));
+  if (applied <= *join_position_) return OkStatus();
+  DbStateReader reader(state_);
+  FP_ASSIGN_OR_RETURN(pb::CosignerSet set, RegisteredCosigners(reader));
+  if (set.ledger_key() != verifier_.ToString()) {
+    return LedgerKeyDiffers(set.ledger_key(), verifier_);
+  }
+  const auto member =
+      std::find_if(set.members().begin(), set.members().end(),
+                   [&](const pb::CosignerState& m) { return m.name() == cosigner_.name(); });
+  if (member == set.members().end() || member->cosigner_key() != cosigner_verifier_.ToString()) {
+    return FailedPreconditionError(fmt::format(
+        "the cluster did not register cosigner '{}' with key {} (registered: {}); see the "
+        "supervisor's rejected records",
+        cosigner_.name(), cosigner_verifier_.ToString(),
+        member == set.members().end() ? "no such name" : member->cosigner_key()));
+  }
+  FP_ASSIGN_OR_RETURN(anchor_size_, AnchorSize());
+  confirmed_ = true;
+  LogInfo("supervisor", "cosigner registered",
+          {{"name", cosigner_.name()}, {"cosigners", set.members_size()}});
+  return CosignLatest();
+}
+
+StatusOr<std::optional<uint64_t>> CheckpointSigner::AnchorSize() const {
+  std::unique_ptr<rocksdb::Iterator> it = state_->NewIterator(kCheckpoints);
+  // Bodies are taken in log order and the ledger only grows, so positions grow with sizes: the
+  // bodies after the join are the last ones, and few.
+  for (it->SeekToLast(); it->Valid(); it->Prev()) {
+    pb::CheckpointBody body;
+    if (!body.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return DataLossError("stored checkpoint body does not parse");
+    }
+    if (body.position() < *join_position_) return std::optional<uint64_t>(body.size());
+  }
+  FP_RETURN_IF_ERROR(FromRocks(it->status(), "scan checkpoints"));
+  return std::optional<uint64_t>();
+}
+
+bool CheckpointSigner::ShouldCosign(const pb::CheckpointBody& body) const {
+  return body.position() > *join_position_ || body.size() == anchor_size_;
+}
+
+Status CheckpointSigner::Cosign(const pb::CheckpointBody& body) {
+  FP_ASSIGN_OR_RETURN(Hash root, ParseHash(body.root()));
+  FP_ASSIGN_OR_RETURN(std::string text, tlog::FormatCheckpoint({origin_, body.size(), root, {}}));
+  FP_ASSIGN_OR_RETURN(tlog::Cosignature cosignature, cosigner_.Cosign(text, body.unix_ms() / 1000));
+  pb::LogRecord record;
+  pb::Cosignature* out = record.mutable_cosignature();
+  out->set_size(body.size());
+  out->set_name(cosignature.name);
+  out->set_timestamp(cosignature.timestamp);
+  out->set_signature(std::string(cosignature.signature.begin(), cosignature.signature.end()));
+  Append(std::move(record));
+  return OkStatus();
+}
+
+Status CheckpointSigner::CosignLatest() {
+  StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
+  if (latest.status().code() == StatusCode::kNotFound) return OkStatus();
+  FP_RETURN_IF_ERROR(latest.status());
+  const auto& names = latest->cosigners;
+  if (std::find(names.begin(), names.end(), cosigner_.name()) != names.end()) return OkStatus();
+  DbStateReader reader(state_);
+  FP_ASSIGN_OR_RETURN(
+      std::optional<pb::CheckpointBody> body,
+      reader.GetMessage<pb::CheckpointBody>(kCheckpoints, U64Key(latest->checkpoint.size)));
+  // After a crash the state (no WAL) can be behind the signed notes (synced): the body comes back
+  // when the applier replays it, and the next AfterApply tries again.
+  recosign_pending_ = !body.has_value();
+  if (recosign_pending_) return OkStatus();
+  return ShouldCosign(*body) ? Cosign(*body) : OkStatus();
+}
+
+void CheckpointSigner::Append(pb::LogRecord record) {
+  std::weak_ptr<Retries> retries = retries_;
+  pb::LogRecord copy = record;
+  log_->Append(std::move(record), [retries, copy = std::move(copy)](StatusOr<uint64_t> position) {
+    if (position.ok()) return;
+    const StatusCode code = position.status().code();
+    std::shared_ptr<Retries> queue = retries.lock();
+    if (queue == nullptr ||
+        (code != StatusCode::kUnavailable && code != StatusCode::kDeadlineExceeded)) {
+      LogWarn("supervisor", "cosignature not appended",
+              {{"size", copy.cosignature().size()}, {"status", position.status()}});
+      return;
+    }
+    std::lock_guard lock(queue->mutex);
+    if (queue->records.size() < kMaxCosignatureRetries) queue->records.push_back(copy);
+  });
+}
+
+Status CheckpointSigner::AfterApply(const Effects& effects) {
+  if (cosignatures_applied_ != nullptr) {
+    cosignatures_applied_->Increment(static_cast<double>(effects.cosignatures_applied));
+    cosignatures_rejected_->Increment(static_cast<double>(effects.cosignatures_rejected));
+  }
+  std::vector<pb::LogRecord> retry;
+  {
+    std::lock_guard lock(retries_->mutex);
+    retry.swap(retries_->records);
+  }
+  for (pb::LogRecord& record : retry) Append(std::move(record));
+  const bool was_member = confirmed_;
+  FP_RETURN_IF_ERROR(CheckMembership());
+  if (confirmed_ && was_member && recosign_pending_) FP_RETURN_IF_ERROR(CosignLatest());
+  if (confirmed_ && (effects.checkpoint || !was_member || backlog_)) {
+    FP_RETURN_IF_ERROR(SignPending().status());
+  }
+  return OkStatus();
+}
+
 StatusOr<size_t> CheckpointSigner::SignPending() {
+  if (!confirmed_) return size_t{0};
   std::optional<SignedCheckpoint> previous;
   StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
   if (latest.ok()) {
@@ -133,8 +375,7 @@ StatusOr<size_t> CheckpointSigner::SignPending() {
           merkle::VerifyConsistency(before.size, body.size(), proof, before.root, root);
       if (!consistent.ok()) {
         return DataLossError(
-            fmt::format("checkpoint {} is not consistent with signed checkpoint "
-                        "{}: {}",
+            fmt::format("checkpoint {} is not consistent with signed checkpoint {}: {}",
                         body.size(), before.size, consistent.ToString()));
       }
     }
@@ -147,10 +388,12 @@ StatusOr<size_t> CheckpointSigner::SignPending() {
     rocksdb::WriteOptions synced;
     synced.sync = true;
     FP_RETURN_IF_ERROR(FromRocks(state_->db()->Write(synced, &batch), "write signed checkpoint"));
-    previous = SignedCheckpoint{std::move(checkpoint), std::move(note)};
+    if (ShouldCosign(body)) FP_RETURN_IF_ERROR(Cosign(body));
+    previous = SignedCheckpoint{std::move(checkpoint), std::move(note), {}};
     ++signed_count;
   }
   FP_RETURN_IF_ERROR(FromRocks(it->status(), "scan checkpoints"));
+  backlog_ = signed_count == kMaxSignPerCall;
   return signed_count;
 }
 

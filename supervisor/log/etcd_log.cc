@@ -74,7 +74,8 @@ struct EtcdLog::Group {
   std::vector<Pending*> live;  // not yet completed, in queue order
   bool sent = false;           // a txn carrying them may have been applied
   int attempts = 0;
-  uint64_t end = 0;  // after kLost: the end etcd reported
+  uint64_t end = 0;   // after kLost: the end etcd reported
+  int64_t fence = 0;  // the records' leadership term; 0: not fenced
   Status last_error = UnavailableError("no txn sent");
 };
 
@@ -183,6 +184,8 @@ std::string EtcdLog::IdemKey(const std::string& key) const {
 
 std::string EtcdLog::TrimKey() const { return options_.prefix + "/meta/trimmed"; }
 
+std::string EtcdLog::LeaderKey() const { return options_.prefix + "/leader"; }
+
 void EtcdLog::Append(pb::LogRecord record, AppendCallback done) {
   if (record.body_case() == pb::LogRecord::BODY_NOT_SET) {
     done(InvalidArgumentError("log record has no body"));
@@ -201,6 +204,20 @@ void EtcdLog::Append(pb::LogRecord record, AppendCallback done) {
     AppendU64(unique, unkeyed_sequence_.fetch_add(1));
     key = std::string(AsChars(unique));
   }
+  if (options_.leader_token && IsLeaderRecord(record)) {
+    pending.fence = CurrentFence();
+    if (pending.fence == 0) {
+      {
+        std::lock_guard lock(mutex_);
+        ++stats_.fenced_refused;
+      }
+      if (options_.on_fence_refused) options_.on_fence_refused();
+      done(FailedPreconditionError(
+          fmt::format("not the leader: {} records are written by the cluster's leader only",
+                      RecordTypeName(record))));
+      return;
+    }
+  }
   pending.idem_key = IdemKey(*key);
   pending.hash = Sha256(pending.bytes);
   pending.record = std::move(record);
@@ -212,13 +229,13 @@ void EtcdLog::Append(pb::LogRecord record, AppendCallback done) {
     std::lock_guard lock(mutex_);
     if (closing_) {
       refused = UnavailableError("log is closing");
-    } else if (queue_.size() >= kMaxEtcdPendingAppends ||
+    } else if (queue_.size() + fenced_queue_.size() >= kMaxEtcdPendingAppends ||
                queued_bytes_ + pending.bytes.size() > kMaxEtcdPendingBytes) {
       refused = UnavailableError("log append queue is full");
     } else {
-      was_empty = queue_.empty();
+      was_empty = !QueuedLocked();
       queued_bytes_ += pending.bytes.size();
-      queue_.push_back(std::move(pending));
+      (pending.fence != 0 ? fenced_queue_ : queue_).push_back(std::move(pending));
     }
   }
   if (!refused.ok()) {
@@ -226,6 +243,46 @@ void EtcdLog::Append(pb::LogRecord record, AppendCallback done) {
     return;
   }
   if (was_empty) work_.notify_one();
+}
+
+int64_t EtcdLog::CurrentFence() const {
+  if (!options_.leader_token) return 0;
+  const std::optional<int64_t> token = options_.leader_token();
+  if (!token.has_value()) return 0;
+  FP_CHECK(*token > 0);
+  return *token;
+}
+
+void EtcdLog::TakeGroupLocked(std::vector<Pending>& group,
+                              std::vector<std::pair<AppendCallback, Status>>& rejected) {
+  // Leader records go first: they are few, and a term's records should land within the term.
+  std::deque<Pending>& source = fenced_queue_.empty() ? queue_ : fenced_queue_;
+  const int64_t fence = source.front().fence;
+  std::unordered_map<std::string, size_t> keyed;  // idem key -> index in group
+  size_t bytes = 0;
+  while (!source.empty() && source.front().fence == fence &&
+         group.size() < options_.max_txn_records &&
+         (group.empty() || bytes + source.front().bytes.size() <= options_.max_txn_bytes)) {
+    Pending pending = std::move(source.front());
+    source.pop_front();
+    queued_bytes_ -= pending.bytes.size();
+    // A second copy of a record in one group shares the first one's outcome: two puts of one key
+    // in one txn are rejected by etcd.
+    if (auto it = keyed.find(pending.idem_key); it != keyed.end()) {
+      if (group[it->second].hash == pending.hash) {
+        group[it->second].followers.push_back(std::move(pending.done));
+      } else {
+        rejected.emplace_back(
+            std::move(pending.done),
+            FailedPreconditionError("a different record with this idempotency key is being "
+                                    "written"));
+      }
+      continue;
+    }
+    bytes += pending.bytes.size();
+    keyed.emplace(pending.idem_key, group.size());
+    group.push_back(std::move(pending));
+  }
 }
 
 void EtcdLog::WriterLoop(etcd::Client& client) {
@@ -237,37 +294,15 @@ void EtcdLog::WriterLoop(etcd::Client& client) {
     {
       std::unique_lock lock(mutex_);
       work_.wait(lock,
-                 [&] { return (!queue_.empty() && !stalled_) || (closing_ && queue_.empty()); });
-      if (queue_.empty()) return;                     // closing and drained
-      std::unordered_map<std::string, size_t> keyed;  // idem key -> index in group
-      size_t bytes = 0;
-      while (!queue_.empty() && group.size() < options_.max_txn_records &&
-             (group.empty() || bytes + queue_.front().bytes.size() <= options_.max_txn_bytes)) {
-        Pending pending = std::move(queue_.front());
-        queue_.pop_front();
-        queued_bytes_ -= pending.bytes.size();
-        // A second copy of a record in one group shares the first one's outcome: two puts of
-        // one key in one txn are rejected by etcd.
-        if (auto it = keyed.find(pending.idem_key); it != keyed.end()) {
-          if (group[it->second].hash == pending.hash) {
-            group[it->second].followers.push_back(std::move(pending.done));
-          } else {
-            rejected.emplace_back(std::move(pending.done),
-                                  FailedPreconditionError("a different record with this "
-                                                          "idempotency key is being written"));
-          }
-          continue;
-        }
-        bytes += pending.bytes.size();
-        keyed.emplace(pending.idem_key, group.size());
-        group.push_back(std::move(pending));
-      }
+                 [&] { return (QueuedLocked() && !stalled_) || (closing_ && !QueuedLocked()); });
+      if (!QueuedLocked()) return;  // closing and drained
+      TakeGroupLocked(group, rejected);
       q = claim_;
       claim_ += group.size();
       ++in_flight_;
       claims_.insert(q);
       stats_.max_in_flight = std::max<uint64_t>(stats_.max_in_flight, in_flight_);
-      more = !queue_.empty();
+      more = QueuedLocked();
     }
     if (more) work_.notify_one();  // another writer takes the rest: the pipeline fills
     for (auto& [done, status] : rejected) done(status);
@@ -281,6 +316,7 @@ void EtcdLog::CommitGroup(std::vector<Pending>& pending, etcd::Client& client, u
   const uint64_t claimed_first = q;
   const uint64_t claimed_end = q + pending.size();
   Group group;
+  group.fence = pending.front().fence;
   for (Pending& p : pending) group.live.push_back(&p);
   bool alone = false;  // in a recovery: the only txn in flight
   bool lost = false;
@@ -369,6 +405,18 @@ void EtcdLog::ExitRecovery() {
   work_.notify_all();
 }
 
+void EtcdLog::RefuseFenced(Group& group, const std::string& why) {
+  const size_t refused = group.live.size();
+  {
+    std::lock_guard lock(mutex_);
+    stats_.fenced_refused += refused;
+  }
+  if (options_.on_fence_refused) {
+    for (size_t i = 0; i < refused; ++i) options_.on_fence_refused();
+  }
+  FailGroup(group, FailedPreconditionError("not the leader: " + why));
+}
+
 void EtcdLog::FailGroup(Group& group, const Status& status) {
   for (Pending* p : group.live) {
     if (group.sent && status.code() == StatusCode::kUnavailable) {
@@ -382,6 +430,17 @@ void EtcdLog::FailGroup(Group& group, const Status& status) {
 }
 
 EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t q) {
+  // A term that ended here cannot have its records written, and they are not moved to a later
+  // term: the new leader decides again from the applied state.
+  if (group.fence != 0 && CurrentFence() != group.fence) {
+    RefuseFenced(group, group.sent ? fmt::format("leadership term {} ended while a txn carrying "
+                                                 "these records was in doubt (it may have landed)",
+                                                 group.fence)
+                                   : fmt::format("leadership term {} ended before its records "
+                                                 "were written",
+                                                 group.fence));
+    return TxnOutcome::kLost;
+  }
   ++group.attempts;
   const size_t k = group.live.size();
   etcd::TxnRequest request;
@@ -411,6 +470,13 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
     idem.key = p.idem_key;
     request.failure.push_back({TxnOp::Kind::kRange, "", "", 0, idem, ""});
   }
+  if (group.fence != 0) {
+    request.compares.push_back(
+        {LeaderKey(), Compare::Target::kCreate, Compare::Result::kEqual, group.fence, ""});
+    etcd::RangeRequest leader;
+    leader.key = LeaderKey();
+    request.failure.push_back({TxnOp::Kind::kRange, "", "", 0, leader, ""});
+  }
   const auto left =
       std::chrono::duration_cast<std::chrono::milliseconds>(earliest - SteadyClock::now());
   StatusOr<etcd::TxnResponse> response =
@@ -437,6 +503,7 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
       std::lock_guard lock(mutex_);
       ++stats_.txns;
       stats_.records += k;
+      if (group.fence != 0) stats_.fenced_records += k;
       known_end_ = std::max(known_end_, q + k);
     }
     settled_.notify_all();  // a successor that overtook this txn may resend now
@@ -495,6 +562,16 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
     known_end_ = std::max(known_end_, end);
   }
   for (auto& [p, result] : completions) p->Complete(result);
+  if (group.fence != 0 && !group.live.empty()) {
+    // The leader key as the failed txn saw it: absent or of another term means the fence failed.
+    const std::vector<etcd::KeyValue>& leader = results[2 + k].range.kvs;
+    if (leader.empty() || leader[0].create_revision != group.fence) {
+      RefuseFenced(group, fmt::format("leadership term {} is over (the leader key {})", group.fence,
+                                      leader.empty() ? std::string("is absent")
+                                                     : fmt::format("belongs to term {}",
+                                                                   leader[0].create_revision)));
+    }
+  }
   return TxnOutcome::kLost;
 }
 
@@ -656,6 +733,14 @@ StatusOr<std::vector<LogEntry>> EtcdLog::Read(uint64_t from, size_t max_records)
 uint64_t EtcdLog::End() const {
   std::lock_guard lock(mutex_);
   return end_;
+}
+
+StatusOr<uint64_t> EtcdLog::ReadEnd() {
+  std::lock_guard trim_lock(trim_mutex_);
+  FP_ASSIGN_OR_RETURN(etcd::RangeResponse last, trim_client_->Range(LastLogKey(options_.prefix)));
+  if (last.kvs.empty()) return uint64_t{0};  // never written: trimming keeps the last record
+  FP_ASSIGN_OR_RETURN(uint64_t position, ParseLogKey(last.kvs[0].key, options_.prefix.size() + 5));
+  return position + 1;
 }
 
 uint64_t EtcdLog::Begin() const {

@@ -79,6 +79,20 @@
 // written again, so the window must exceed the longest time a client retries. Read below the trim
 // point is OutOfRange.
 //
+// Fencing. In a cluster only the elected leader writes leader records (IsLeaderRecord), and a
+// leader that was deposed without noticing (paused, partitioned) must not. With
+// options.leader_token set (the runtime hands it its cluster::LeaderElection's view), Append takes
+// the token of this process's current leadership term for a leader record, or refuses it at once
+// with FailedPrecondition when it does not lead. Leader records queue apart from the others and a
+// group holds records of one term only; its txn adds
+//   compare  <prefix>/leader.create_revision == token     (cluster::FencedTxn's fence)
+//   failure  range <prefix>/leader
+// so it can land only while that term lasts at etcd. When the fence fails (the failure branch
+// shows the key gone or another term's), or the term ended locally before a resend, the group's
+// records fail with FailedPrecondition ("not the leader") and are never retried: a new leader
+// decides afresh from the applied state. Records already stored under their idempotency key still
+// complete with their position. Unfenced records never wait for or depend on leadership.
+//
 // Deviations from RocksLog: the largest record is max_txn_bytes (etcd's --max-request-bytes
 // bounds a txn; 1.5 MiB by default), not kMaxRecordBytes; raise both to carry larger Admits.
 //
@@ -92,9 +106,11 @@
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -145,6 +161,13 @@ struct EtcdLogOptions {
   uint64_t idem_window_records = uint64_t{1} << 20;
   size_t max_cache_records = 16384;
   size_t max_cache_bytes = size_t{64} << 20;
+  // Fencing (see "Fencing" above). Returns the fencing token of this process's current leadership
+  // term, or nullopt when it does not lead; called on appending threads and writer threads, so it
+  // must be thread-safe and must not block. Unset: leader records are not fenced (a log with one
+  // writer, such as tests and benchmarks).
+  std::function<std::optional<int64_t>()> leader_token;
+  // Told once per leader record the fence refused (at Append or at etcd); optional, thread-safe.
+  std::function<void()> on_fence_refused;
 };
 
 class EtcdLog final : public Log {
@@ -158,6 +181,8 @@ class EtcdLog final : public Log {
     uint64_t overtakes = 0;      // txns applied before their predecessors, resent once those landed
     uint64_t stalls = 0;         // times a lost race emptied the pipeline before a lone retry
     uint64_t max_in_flight = 0;  // most append txns observed in flight at once
+    uint64_t fenced_records = 0;  // leader records written under their term's fence
+    uint64_t fenced_refused = 0;  // leader records refused: not the leader, or the term ended
   };
 
   // Close()s.
@@ -170,6 +195,8 @@ class EtcdLog final : public Log {
   // and the client's errors for positions that are not cached.
   StatusOr<std::vector<LogEntry>> Read(uint64_t from, size_t max_records) const override;
   uint64_t End() const override;
+  // A linearizable read of the last log key (on Trim's client, one at a time).
+  StatusOr<uint64_t> ReadEnd() override;
   // The trim point this EtcdLog knows of: set at open, by its own Trim, and by reads that met a
   // newer trim by another supervisor.
   uint64_t Begin() const override;
@@ -200,6 +227,7 @@ class EtcdLog final : public Log {
     std::string bytes;     // serialized record
     std::string idem_key;  // full etcd key of the idempotency entry
     Hash hash{};           // SHA-256 of bytes
+    int64_t fence = 0;     // a leader record's term (fencing token); 0: not fenced
     std::chrono::steady_clock::time_point deadline;
     AppendCallback done;
     // Appends of the same record queued in the same group: they share its outcome.
@@ -217,7 +245,16 @@ class EtcdLog final : public Log {
   std::string LogKey(uint64_t position) const;
   std::string IdemKey(const std::string& key) const;
   std::string TrimKey() const;
+  // cluster::LeaderElection's key: its create_revision is the fencing token.
+  std::string LeaderKey() const;
 
+  // Whether either queue holds appends; requires mutex_.
+  bool QueuedLocked() const { return !queue_.empty() || !fenced_queue_.empty(); }
+  // Moves the next group into `group`: leader records first (of one term), else the others, up to
+  // the txn bounds; a second copy of a record in the group goes to its first copy's followers, a
+  // different record with the same key into `rejected`. Requires mutex_.
+  void TakeGroupLocked(std::vector<Pending>& group,
+                       std::vector<std::pair<AppendCallback, Status>>& rejected);
   // One writer thread: forms groups, claims their positions and commits them on `client`.
   void WriterLoop(etcd::Client& client);
   // Commits `pending` at the claimed position `q` (pipelined) or, after a lost race, alone.
@@ -236,6 +273,12 @@ class EtcdLog final : public Log {
   // Completes every live append of `group` with `status` (or DeadlineExceeded for those a sent
   // txn may have written, when `status` is Unavailable).
   void FailGroup(Group& group, const Status& status);
+  // Fails every live append of a fenced group with FailedPrecondition ("not the leader", `why`)
+  // and counts them.
+  void RefuseFenced(Group& group, const std::string& why);
+  // The fencing token of the current term, or 0 when this process does not lead (or nothing
+  // fences).
+  int64_t CurrentFence() const;
   void Publish(uint64_t first, const std::vector<Pending*>& written);
 
   void PollLoop();
@@ -267,7 +310,8 @@ class EtcdLog final : public Log {
   std::condition_variable settled_;        // a recovering writer waits for txns in flight
   mutable std::condition_variable grown_;  // readers wait for End() to grow
   std::condition_variable poll_wake_;      // the poller's sleep, cut short by Close
-  std::deque<Pending> queue_;              // guarded by mutex_
+  std::deque<Pending> queue_;              // guarded by mutex_; unfenced records
+  std::deque<Pending> fenced_queue_;       // guarded by mutex_; leader records, by term
   size_t queued_bytes_ = 0;                // guarded by mutex_
   bool closing_ = false;                   // guarded by mutex_
   uint64_t end_ = 0;                       // guarded by mutex_

@@ -6,8 +6,11 @@
 // breaks the schema.
 #include "supervisor/log/etcd_log.h"
 
+#include <atomic>
+#include <condition_variable>
 #include <csignal>
 #include <map>
+#include <mutex>
 #include <set>
 #include <thread>
 
@@ -412,6 +415,154 @@ TEST_F(EtcdLogTest, TrimCompactsTheDeletedHistory) {
   first.revision = 0;
   ASSERT_OK_AND_ASSIGN(etcd::RangeResponse now, client->Range(first));
   EXPECT_TRUE(now.kvs.empty());
+}
+
+// A stand-in for cluster::LeaderElection: the test makes and ends terms by writing the leader key
+// itself, and decides which token the log believes is current.
+class FakeTerm {
+ public:
+  explicit FakeTerm(std::string key) : key_(std::move(key)) {
+    auto client = etcd::Client::Create(cluster_options_);
+    FP_CHECK_OK(client);
+    client_ = std::move(client).value();
+  }
+  static void SetClientOptions(etcd::ClientOptions options) {
+    cluster_options_ = std::move(options);
+  }
+  // Deletes and recreates the key: a new term at etcd. Returns its token (create_revision).
+  int64_t StartNewTerm() {
+    FP_CHECK_OK(client_->DeleteRange(key_, ""));
+    etcd::TxnRequest put;
+    put.success.push_back({etcd::TxnOp::Kind::kPut, key_, "someone", 0, {}, ""});
+    auto done = client_->Txn(put, std::nullopt);
+    FP_CHECK_OK(done);
+    return done->revision;
+  }
+  void Believe(std::optional<int64_t> token) { believed_.store(token.value_or(0)); }
+  void Install(EtcdLogOptions& options) {
+    options.leader_token = [this]() -> std::optional<int64_t> {
+      const int64_t token = believed_.load();
+      return token == 0 ? std::nullopt : std::optional<int64_t>(token);
+    };
+    options.on_fence_refused = [this] { ++refused_; };
+  }
+  uint64_t refused() const { return refused_.load(); }
+
+ private:
+  static etcd::ClientOptions cluster_options_;
+  std::string key_;
+  std::unique_ptr<etcd::Client> client_;
+  std::atomic<int64_t> believed_{0};
+  std::atomic<uint64_t> refused_{0};
+};
+
+etcd::ClientOptions FakeTerm::cluster_options_;
+
+pb::LogRecord Assign(uint32_t session, const std::string& worker) {
+  pb::LogRecord record;
+  record.mutable_assign()->set_session_id(fmt::format("{:016}", session));
+  record.mutable_assign()->set_replica(0);
+  record.mutable_assign()->set_epoch(1);
+  record.mutable_assign()->set_worker_id(worker);
+  return record;
+}
+
+TEST_F(EtcdLogTest, LeaderRecordsLandOnlyWhileTheirTermHoldsAtEtcd) {
+  EtcdLogOptions options = Options();
+  FakeTerm::SetClientOptions(cluster_->ClientOptionsFor(2));
+  FakeTerm term(options.prefix + "/leader");
+  term.Install(options);
+  auto log = Open(options);
+  const int64_t first = term.StartNewTerm();
+  term.Believe(first);
+  ASSERT_OK_AND_ASSIGN(uint64_t tick, AppendAndWait(*log, Tick(1)));
+  ASSERT_OK_AND_ASSIGN(uint64_t batch, AppendAndWait(*log, Batch(1, 0, 1)));
+  EXPECT_EQ(log->stats().fenced_records, 1u);
+  // Another process wins a term; this log still believes in the old one (a paused leader).
+  const int64_t second = term.StartNewTerm();
+  ASSERT_GT(second, first);
+  Status refused = AppendAndWait(*log, Tick(2)).status();
+  EXPECT_THAT(refused, StatusIs(StatusCode::kFailedPrecondition));
+  EXPECT_NE(std::string(refused.message()).find("not the leader"), std::string::npos)
+      << refused.ToString();
+  EXPECT_EQ(term.refused(), 1u);
+  EXPECT_EQ(log->stats().fenced_refused, 1u);
+  // Records any member may write do not depend on the term.
+  ASSERT_OK_AND_ASSIGN(uint64_t later, AppendAndWait(*log, Batch(2, 0, 2)));
+  EXPECT_GT(later, batch);
+  // The current term's records land.
+  term.Believe(second);
+  ASSERT_OK_AND_ASSIGN(uint64_t newer, AppendAndWait(*log, Tick(3)));
+  // What etcd holds: ticks 1 and 3 only, in order, around the unfenced batches.
+  std::vector<uint64_t> ticks;
+  for (const LogEntry& entry : ReadAll(1)) {
+    if (entry.record.has_tick()) ticks.push_back(entry.record.tick().unix_ms());
+  }
+  EXPECT_EQ(ticks, (std::vector<uint64_t>{1, 3}));
+  EXPECT_LT(tick, newer);
+}
+
+TEST_F(EtcdLogTest, LeaderRecordsOfAProcessThatDoesNotLeadAreRefusedWithoutATxn) {
+  EtcdLogOptions options = Options();
+  FakeTerm::SetClientOptions(cluster_->ClientOptionsFor(2));
+  FakeTerm term(options.prefix + "/leader");
+  term.Install(options);
+  auto log = Open(options);
+  term.Believe(std::nullopt);
+  for (const pb::LogRecord& record : {Tick(1), Assign(1, "w")}) {
+    EXPECT_THAT(AppendAndWait(*log, record), StatusIs(StatusCode::kFailedPrecondition));
+  }
+  EXPECT_EQ(log->stats().txns, 0u);
+  EXPECT_EQ(term.refused(), 2u);
+  EXPECT_EQ(log->End(), 0u);
+}
+
+TEST_F(EtcdLogTest, StoredLeaderRecordIsAcknowledgedAfterItsTermEnded) {
+  EtcdLogOptions options = Options();
+  FakeTerm::SetClientOptions(cluster_->ClientOptionsFor(2));
+  FakeTerm term(options.prefix + "/leader");
+  term.Install(options);
+  auto log = Open(options);
+  const int64_t first = term.StartNewTerm();
+  term.Believe(first);
+  ASSERT_OK_AND_ASSIGN(uint64_t position, AppendAndWait(*log, Assign(7, "w")));
+  term.StartNewTerm();  // the old term is over, the believer does not know yet
+  // A retry of a record that landed in its term is that record, not a new write.
+  ASSERT_OK_AND_ASSIGN(uint64_t again, AppendAndWait(*log, Assign(7, "w")));
+  EXPECT_EQ(again, position);
+  // A different proposal under the same key is refused by the fence first.
+  EXPECT_THAT(AppendAndWait(*log, Assign(8, "w")), StatusIs(StatusCode::kFailedPrecondition));
+  EXPECT_EQ(ReadAll(1).size(), 1u);
+}
+
+TEST_F(EtcdLogTest, ConcurrentLeaderAndMemberRecordsAreGroupedApartAndAllLand) {
+  EtcdLogOptions options = Options();
+  FakeTerm::SetClientOptions(cluster_->ClientOptionsFor(2));
+  FakeTerm term(options.prefix + "/leader");
+  term.Install(options);
+  auto log = Open(options);
+  term.Believe(term.StartNewTerm());
+  std::vector<pb::LogRecord> records;
+  for (uint32_t i = 0; i < 100; ++i) {
+    records.push_back(i % 4 == 0 ? Tick(i) : Batch(i, 0, i));
+  }
+  std::atomic<size_t> ok{0};
+  std::mutex mutex;
+  std::condition_variable done;
+  size_t completed = 0;
+  for (const pb::LogRecord& record : records) {
+    log->Append(record, [&](StatusOr<uint64_t> position) {
+      if (position.ok()) ++ok;
+      std::lock_guard lock(mutex);
+      ++completed;
+      done.notify_all();
+    });
+  }
+  std::unique_lock lock(mutex);
+  done.wait(lock, [&] { return completed == records.size(); });
+  EXPECT_EQ(ok.load(), records.size());
+  EXPECT_EQ(log->stats().fenced_records, 25u);
+  EXPECT_EQ(ReadAll(1).size(), records.size());
 }
 
 // ---- Error paths ----

@@ -6,6 +6,7 @@
 #include <mutex>
 
 #include "common/base/bytes.h"
+#include "common/crypto/sha256.h"
 
 namespace fp::supervisor {
 
@@ -45,7 +46,11 @@ std::optional<std::string> IdempotencyKey(const pb::LogRecord& record) {
       return "A" + record.admit().request().session_id();
     case pb::LogRecord::kAssign: {
       const pb::Assign& m = record.assign();
-      return KeyPrefix('P', m.session_id(), m.replica(), m.epoch());
+      std::string key = KeyPrefix('P', m.session_id(), m.replica(), m.epoch());
+      Bytes attempt;
+      AppendU32(attempt, m.attempt());
+      key.append(attempt.begin(), attempt.end());
+      return key;
     }
     case pb::LogRecord::kLeafBatch: {
       const pb::LeafBatch& m = record.leaf_batch();
@@ -58,6 +63,19 @@ std::optional<std::string> IdempotencyKey(const pb::LogRecord& record) {
     case pb::LogRecord::kDeadline: {
       const pb::Deadline& m = record.deadline();
       return KeyPrefix('D', m.session_id(), m.replica(), m.epoch());
+    }
+    case pb::LogRecord::kCosignerJoined: {
+      // The hash has a fixed length, so the name after it needs no delimiter.
+      const pb::CosignerJoined& m = record.cosigner_joined();
+      const Hash ledger_key = Sha256(AsBytes(m.ledger_key()));
+      std::string key = "J" + std::string(ledger_key.begin(), ledger_key.end());
+      return key + m.name();
+    }
+    case pb::LogRecord::kCosignature: {
+      const pb::Cosignature& m = record.cosignature();
+      Bytes key = {static_cast<uint8_t>('S')};
+      AppendU64(key, m.size());
+      return std::string(key.begin(), key.end()) + m.name();
     }
     default:
       return std::nullopt;
@@ -86,10 +104,28 @@ const char* RecordTypeName(const pb::LogRecord& record) {
       return "worker_released";
     case pb::LogRecord::kPlacementExpired:
       return "placement_expired";
+    case pb::LogRecord::kCosignerJoined:
+      return "cosigner_joined";
+    case pb::LogRecord::kCosignature:
+      return "cosignature";
     case pb::LogRecord::BODY_NOT_SET:
       break;
   }
   return "empty";
+}
+
+bool IsLeaderRecord(const pb::LogRecord& record) {
+  switch (record.body_case()) {
+    case pb::LogRecord::kTick:
+    case pb::LogRecord::kCheckpointRequest:
+    case pb::LogRecord::kAssign:
+    case pb::LogRecord::kDeadline:
+    case pb::LogRecord::kWorkerLost:
+    case pb::LogRecord::kPlacementExpired:
+      return true;
+    default:
+      return false;
+  }
 }
 
 }  // namespace fp::supervisor

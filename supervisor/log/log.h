@@ -6,8 +6,10 @@
 // appending a record whose key is already in the log completes with the stored record's position
 // and writes nothing.
 //
-// Two implementations share this interface: the standalone RocksDB backend (rocksdb_log.h) and,
-// later, the etcd backend for clusters; nothing above the log knows which one it runs on.
+// Two implementations share this interface: the standalone RocksDB backend (rocksdb_log.h) and
+// the etcd backend for clusters (etcd_log.h); nothing above the log knows which one it runs on.
+// Leader records (IsLeaderRecord) may be refused with FailedPrecondition by a backend whose
+// writes are fenced by a leadership term, when this process does not lead.
 //
 // Thread-safety: every method of a Log may be called from any thread.
 #pragma once
@@ -54,8 +56,14 @@ class Log {
   // covered by a signed checkpoint). 0 for a log that was never trimmed.
   virtual uint64_t Begin() const = 0;
 
-  // One past the last durable position.
+  // One past the last durable position this process knows of (a cluster member learns of others'
+  // records by polling, so it may lag).
   virtual uint64_t End() const = 0;
+
+  // One past the last durable position as of this call, asked of the log's authority (in a
+  // cluster: a quorum read), for a new leader that must see everything its predecessor wrote.
+  // Errors when the authority cannot be reached.
+  virtual StatusOr<uint64_t> ReadEnd() = 0;
 
   // Blocks until End() > position, the timeout passes, or the log closes; returns End().
   virtual uint64_t WaitBeyond(uint64_t position, std::chrono::milliseconds timeout) const = 0;
@@ -80,12 +88,22 @@ StatusOr<uint64_t> AppendAndWait(Log& log, pb::LogRecord record);
 // The key under which a record is written at most once, or nullopt for records that are not
 // deduplicated (ticks, registrations, checkpoint requests). Binary, prefixed by the record type:
 //   Admit      'A' session
-//   Assign     'P' session replica(BE32) epoch(BE64)
+//   Assign     'P' session replica(BE32) epoch(BE64) attempt(BE32)
 //   LeafBatch  'L' session replica(BE32) epoch(BE64) first_step(BE64)
 //   Deadline   'D' session replica(BE32) epoch(BE64)
+//   CosignerJoined 'J' SHA-256(ledger vkey) name
+//   Cosignature    'S' size(BE64) name
 std::optional<std::string> IdempotencyKey(const pb::LogRecord& record);
 
 // A short name of the record's type ("leaf_batch", ...), for logs and metrics labels.
 const char* RecordTypeName(const pb::LogRecord& record);
+
+// True for the records only the elected leader writes (Tick, CheckpointRequest, Assign, Deadline,
+// WorkerLost, PlacementExpired): everything time-dependent or decided from one process's view.
+// A cluster backend writes them fenced by the leader's term, so a deposed leader's proposals never
+// land (etcd_log.h, "Fencing"). Records any member may write (client submissions, worker
+// registrations and leaves, operator releases, and record types this function does not list) are
+// not leader records. Pure.
+bool IsLeaderRecord(const pb::LogRecord& record);
 
 }  // namespace fp::supervisor

@@ -65,6 +65,8 @@ class RocksLog final : public Log {
   void Append(pb::LogRecord record, AppendCallback done) override;
   StatusOr<std::vector<LogEntry>> Read(uint64_t from, size_t max_records) const override;
   uint64_t End() const override;
+  // End(): this process is the only writer.
+  StatusOr<uint64_t> ReadEnd() override { return End(); }
   uint64_t Begin() const override;
 
   // Deletes the records at positions [Begin(), min(before, End(), Begin() + kMaxTrimRecords)) and

@@ -89,6 +89,14 @@ void WorkerService::OnEnvelope(const std::shared_ptr<wire::Connection>& connecti
 
 void WorkerService::OnRegister(const std::shared_ptr<wire::Connection>& connection,
                                const wire::pb::Register& registration) {
+  bool reachable = false;
+  {
+    std::lock_guard lock(mutex_);
+    reachable = log_reachable_;
+  }
+  if (!reachable) {
+    return Refuse(connection, UnavailableError("the supervisor cannot reach its log"));
+  }
   pb::LogRecord record;
   pb::WorkerRegistered* registered = record.mutable_worker_registered();
   const std::string worker_id = connection->peer_identity();
@@ -123,6 +131,10 @@ void WorkerService::OnRegister(const std::shared_ptr<wire::Connection>& connecti
       std::lock_guard lock(mutex_);
       if (stopped_) {
         Refuse(connection, UnavailableError("the supervisor is draining"));
+        return;
+      }
+      if (!log_reachable_) {
+        Refuse(connection, UnavailableError("the supervisor cannot reach its log"));
         return;
       }
       auto& slot = workers_[worker_id];
@@ -182,38 +194,86 @@ void WorkerService::OnLeafBatch(const std::shared_ptr<wire::Connection>& connect
   leaves->set_window_steps(batch.window_steps());
   leaves->set_last(batch.last());
   leaves->set_session_root(batch.session_root());
-  wire::pb::Envelope ack;
-  wire::pb::Ack* fields = ack.mutable_ack();
+  PendingLeaves pending;
+  pending.record = std::move(record);
+  wire::pb::Ack* fields = pending.ack.mutable_ack();
   fields->set_session_id(batch.session_id());
   fields->set_replica(batch.replica());
   fields->set_epoch(batch.epoch());
   fields->set_first_step(batch.first_step());
   fields->set_step_count(static_cast<uint32_t>(batch.token_ids_size()));
-  const size_t leaf_count = wire::LeafCount(batch);
-  std::weak_ptr<wire::Connection> weak = connection;
-  log_.Append(std::move(record), [this, weak, ack = std::move(ack), leaf_count,
-                                  started = Clock::now()](StatusOr<uint64_t> position) mutable {
-    std::shared_ptr<wire::Connection> connection = weak.lock();
-    if (!position.ok()) {
-      if (metrics_.batches_refused != nullptr) metrics_.batches_refused->Increment();
-      if (connection != nullptr) {
-        connection
-            ->Send(wire::MakeErrorEnvelope(position.status(), AsBytes(ack.ack().session_id())))
-            .IgnoreError();
-      }
+  pending.leaf_count = wire::LeafCount(batch);
+  PipeKey replica(batch.session_id(), batch.replica());
+  bool overflow = false;
+  {
+    std::lock_guard lock(mutex_);
+    auto& pipes = pipes_[connection.get()];
+    auto pipe = pipes.find(replica);
+    if (pipe == pipes.end()) {
+      pipes.emplace(replica, ReplicaPipe());  // appended now; later batches wait in it
+    } else if (pipe->second.waiting.size() < kMaxWaitingLeafBatches) {
+      pipe->second.waiting.push_back(std::move(pending));
       return;
+    } else {
+      pipe->second.waiting.clear();
+      overflow = true;
     }
-    if (metrics_.leaves_ingested != nullptr) {
-      metrics_.leaves_ingested->Increment(static_cast<double>(leaf_count));
-    }
-    if (metrics_.append_latency != nullptr) {
-      const std::chrono::duration<double> elapsed = Clock::now() - started;
-      metrics_.append_latency->Observe(elapsed.count());
-    }
-    if (connection == nullptr) return;  // the worker resends after reconnecting
-    ack.mutable_ack()->set_log_index(*position);
-    if (Status sent = connection->Send(ack); !sent.ok()) connection->Close(sent);
-  });
+  }
+  if (overflow) {
+    connection->Close(ResourceExhaustedError(fmt::format(
+        "more than {} LeafBatches of one replica wait for the log", kMaxWaitingLeafBatches)));
+    return;
+  }
+  AppendLeaves(connection, std::move(replica), std::move(pending));
+}
+
+void WorkerService::AppendLeaves(const std::shared_ptr<wire::Connection>& connection,
+                                 PipeKey replica, PendingLeaves leaves) {
+  std::weak_ptr<wire::Connection> weak = connection;
+  log_.Append(std::move(leaves.record),
+              [this, weak, replica = std::move(replica), ack = std::move(leaves.ack),
+               leaf_count = leaves.leaf_count,
+               started = Clock::now()](StatusOr<uint64_t> position) mutable {
+                std::shared_ptr<wire::Connection> connection = weak.lock();
+                if (!position.ok()) {
+                  if (metrics_.batches_refused != nullptr) metrics_.batches_refused->Increment();
+                  // Nothing later of this replica may land before this batch: the worker
+                  // reconnects and resends from it.
+                  if (connection != nullptr) {
+                    connection->Close(position.status().WithContext("append leaves"));
+                  }
+                  return;
+                }
+                if (metrics_.leaves_ingested != nullptr) {
+                  metrics_.leaves_ingested->Increment(static_cast<double>(leaf_count));
+                }
+                if (metrics_.append_latency != nullptr) {
+                  const std::chrono::duration<double> elapsed = Clock::now() - started;
+                  metrics_.append_latency->Observe(elapsed.count());
+                }
+                if (connection == nullptr) return;  // the worker resends after reconnecting
+                ack.mutable_ack()->set_log_index(*position);
+                if (Status sent = connection->Send(ack); !sent.ok()) connection->Close(sent);
+                PendingLeaves next;
+                {
+                  std::lock_guard lock(mutex_);
+                  auto pipes = pipes_.find(connection.get());
+                  if (pipes == pipes_.end()) return;  // closed
+                  auto pipe = pipes->second.find(replica);
+                  if (pipe == pipes->second.end()) return;
+                  if (pipe->second.waiting.empty()) {
+                    pipes->second.erase(pipe);
+                    return;
+                  }
+                  next = std::move(pipe->second.waiting.front());
+                  pipe->second.waiting.pop_front();
+                }
+                // Appending is not for the log's thread.
+                asio::post(io_, [this, connection, replica = std::move(replica),
+                                 next = std::move(next)]() mutable {
+                  AppendLeaves(connection, std::move(replica), std::move(next));
+                });
+              });
 }
 
 void WorkerService::OnClose(const std::shared_ptr<wire::Connection>& connection,
@@ -221,6 +281,7 @@ void WorkerService::OnClose(const std::shared_ptr<wire::Connection>& connection,
   std::string worker_id;
   {
     std::lock_guard lock(mutex_);
+    pipes_.erase(connection.get());
     auto it = registered_.find(connection.get());
     if (it != registered_.end()) {
       worker_id = it->second;
@@ -395,6 +456,19 @@ void WorkerService::Stop() {
   }
   if (listener_ != nullptr) listener_->Stop();
   for (auto& [id, connection] : workers) connection->Close();
+}
+
+void WorkerService::SetLogReachable(bool reachable) {
+  std::map<std::string, std::shared_ptr<wire::Connection>> workers;
+  {
+    std::lock_guard lock(mutex_);
+    if (log_reachable_ == reachable) return;
+    log_reachable_ = reachable;
+    if (!reachable) workers = workers_;
+  }
+  for (auto& [id, connection] : workers) {
+    connection->Close(UnavailableError("the supervisor cannot reach its log; connect to another"));
+  }
 }
 
 size_t WorkerService::connected_workers() const {

@@ -6,6 +6,10 @@
 // accepted RegisterAck (or a refusing one, then the connection closes: a quarantined worker, a
 // draining supervisor, a failed append); LeafBatch frames become LeafBatch
 // records and are acknowledged (Ack with the log position) only once the record is durable;
+// the batches of one replica are appended one after another (the next once the one before is
+// durable), and a failed append closes the connection, so that no later batch of the replica is
+// in the log ahead of it: the worker reconnects (to this or another supervisor) and resends what
+// was not acknowledged, in order;
 // Heartbeats are echoed; an Error from a worker is logged; anything else closes the connection.
 // Outbound: Deliver() pushes what the applier decided (Assign, Rollback, Commit, Quarantine) to
 // the workers concerned; a worker that registers again gets its pending work resent from the
@@ -18,10 +22,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -39,6 +45,9 @@ namespace fp::supervisor {
 
 // Replay tokens sent in one Assign (the wire bound on a session's tokens).
 inline constexpr size_t kMaxReplayTokens = wire::kMaxSessionTokens;
+// LeafBatches of one replica on one connection waiting for the one before them to be durable;
+// one more closes the connection (ResourceExhausted).
+inline constexpr size_t kMaxWaitingLeafBatches = 256;
 
 struct WorkerServiceMetrics {
   prometheus::Counter* leaves_ingested = nullptr;   // leaves in acknowledged batches
@@ -83,6 +92,11 @@ class WorkerService {
   // Stops accepting and closes every connection (the drain). Idempotent.
   void Stop();
 
+  // While false (this supervisor cannot reach its log), registrations are refused with
+  // Unavailable and, on the change, every worker connection closes: the workers fail over to
+  // another supervisor. Idempotent.
+  void SetLogReachable(bool reachable);
+
   size_t connected_workers() const;
 
  private:
@@ -96,6 +110,21 @@ class WorkerService {
   void Refuse(const std::shared_ptr<wire::Connection>& connection, const Status& status);
   void OnLeafBatch(const std::shared_ptr<wire::Connection>& connection,
                    const wire::pb::LeafBatch& batch);
+  // A LeafBatch record and the Ack that answers it once durable.
+  struct PendingLeaves {
+    pb::LogRecord record;
+    wire::pb::Envelope ack;
+    size_t leaf_count = 0;
+  };
+  // A replica's batches on one connection: one being appended, the rest waiting in order.
+  using PipeKey = std::pair<std::string, uint32_t>;  // session, replica
+  struct ReplicaPipe {
+    std::deque<PendingLeaves> waiting;
+  };
+  // Appends `leaves`; when durable, acknowledges them and appends the replica's next waiting
+  // batch; when not, closes the connection.
+  void AppendLeaves(const std::shared_ptr<wire::Connection>& connection, PipeKey replica,
+                    PendingLeaves leaves);
   void OnClose(const std::shared_ptr<wire::Connection>& connection, const Status& status);
   // Resends the Assign, pending Rollback and Commit of every replica the worker runs.
   void SendPendingWork(const std::string& worker_id);
@@ -118,6 +147,9 @@ class WorkerService {
   std::map<const wire::Connection*, std::string> registered_;          // guarded by mutex_
   std::map<std::string, std::chrono::steady_clock::time_point> gone_;  // guarded by mutex_
   bool stopped_ = false;                                               // guarded by mutex_
+  bool log_reachable_ = true;                                          // guarded by mutex_
+  // Replicas with a batch being appended, per open connection (erased when it closes).
+  std::map<const wire::Connection*, std::map<PipeKey, ReplicaPipe>> pipes_;  // guarded
 };
 
 }  // namespace fp::supervisor

@@ -54,6 +54,42 @@ StatusOr<etcd::Endpoint> ParseEtcdUrl(std::string_view url) {
   return etcd::Endpoint{std::string(host), static_cast<uint16_t>(port)};
 }
 
+// The cluster options a member needs before it touches etcd or the data directory.
+Status ValidateClusterOptions(const SupervisorOptions& options) {
+  if (Status name = cluster::ValidateMemberName(options.tls_name); !name.ok()) {
+    return name.WithContext("tls-name (a cluster member's name)");
+  }
+  const auto ttl = options.leader_ttl;
+  if (ttl.count() % 1000 != 0 || ttl < cluster::kMinLeaderTtl || ttl > cluster::kMaxLeaderTtl) {
+    return InvalidArgumentError(
+        fmt::format("leader-ttl-ms must be whole seconds in [{}, {}] ms (an etcd lease's TTL)",
+                    std::chrono::milliseconds(cluster::kMinLeaderTtl).count(),
+                    std::chrono::milliseconds(cluster::kMaxLeaderTtl).count()));
+  }
+  if (options.leader_margin <= std::chrono::milliseconds::zero() ||
+      options.leader_margin * 3 >= ttl * 2) {
+    return InvalidArgumentError("leader-margin-ms must be in (0, 2/3 of leader-ttl-ms)");
+  }
+  if (options.leader_poll_interval <= std::chrono::milliseconds::zero() ||
+      options.member_publish_interval <= std::chrono::milliseconds::zero()) {
+    return InvalidArgumentError("leader-poll-ms and member-publish-interval-ms must be positive");
+  }
+  return OkStatus();
+}
+
+// The applied position a restart would find: the state writes without a WAL, so reading the
+// persisted tier skips its memtables.
+StatusOr<uint64_t> PersistedApplied(const RocksStore& state) {
+  rocksdb::ReadOptions read;
+  read.read_tier = rocksdb::kPersistedTier;
+  std::string value;
+  const rocksdb::Status found =
+      state.db()->Get(read, state.handle(kMeta), ToSlice(kMetaApplied), &value);
+  if (found.IsNotFound()) return uint64_t{0};
+  FP_RETURN_IF_ERROR(FromRocks(found, "read the persisted applied position"));
+  return ParseU64(value);
+}
+
 uint64_t UnixMillis() {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
                                    std::chrono::system_clock::now().time_since_epoch())
@@ -158,7 +194,27 @@ struct Supervisor::Metrics {
         log_begin(metrics::RegisterGauge(registry, "fieldprint_supervisor_log_begin_position",
                                          "First position the log retains (records below it "
                                          "were trimmed)")
-                      .Add({})) {}
+                      .Add({})),
+        leader(metrics::RegisterGauge(registry, "fieldprint_supervisor_leader",
+                                      "1 while this supervisor acts as the leader, else 0")
+                   .Add({})),
+        leader_changes(metrics::RegisterCounter(registry,
+                                                "fieldprint_supervisor_leader_changes_total",
+                                                "New leadership terms this supervisor learned of")
+                           .Add({})),
+        fenced_refused(
+            metrics::RegisterCounter(registry, "fieldprint_supervisor_fenced_writes_refused_total",
+                                     "Leader records refused because this supervisor did not "
+                                     "lead, or its term had ended")
+                .Add({})),
+        cluster_members(metrics::RegisterGauge(registry, "fieldprint_supervisor_cluster_members",
+                                               "Entries of the member table, as last read")
+                            .Add({})),
+        slowest_member_lag(
+            metrics::RegisterGauge(registry, "fieldprint_supervisor_slowest_member_lag_records",
+                                   "Log end minus the smallest applied position in the member "
+                                   "table: how far trimming is held back")
+                .Add({})) {}
 
   prometheus::Counter& leaves_ingested;
   prometheus::Counter& batches_refused;
@@ -180,6 +236,11 @@ struct Supervisor::Metrics {
   prometheus::Family<prometheus::Counter>& sessions_failed;
   prometheus::Counter& releases;
   prometheus::Gauge& log_begin;
+  prometheus::Gauge& leader;
+  prometheus::Counter& leader_changes;
+  prometheus::Counter& fenced_refused;
+  prometheus::Gauge& cluster_members;
+  prometheus::Gauge& slowest_member_lag;
 };
 
 Supervisor::Supervisor(const SupervisorOptions& options) : options_(options) {}
@@ -194,14 +255,7 @@ StatusOr<std::unique_ptr<Supervisor>> Supervisor::Start(const SupervisorOptions&
     if (options.etcd.client.endpoints.empty()) {
       return InvalidArgumentError("log-backend etcd needs etcd-endpoints");
     }
-    // Trimming an etcd log deletes records that every supervisor must already have applied, and a
-    // supervisor started on a fresh state directory rebuilds its state from the whole log; one
-    // supervisor knows neither of these, so the etcd log is never trimmed from here.
-    if (options.log_retention_records > 0) {
-      return InvalidArgumentError(
-          "log-retention-records is not supported with log-backend etcd (the etcd log is not "
-          "trimmed by a supervisor)");
-    }
+    FP_RETURN_IF_ERROR(ValidateClusterOptions(options));
   }
   std::unique_ptr<Supervisor> supervisor(new Supervisor(options));
   FP_RETURN_IF_ERROR(supervisor->Open(registry));
@@ -241,15 +295,16 @@ Status Supervisor::Open(prometheus::Registry& registry) {
     return DataLossError(fmt::format("state applied {} records but the log holds {}",
                                      applier_->applied(), log_->End()));
   }
-  if (applier_->applied() < log_->Begin()) {
-    return FailedPreconditionError(fmt::format(
-        "the state applied {} records but the log was trimmed to start at {}: the state cannot "
-        "be rebuilt from this log",
-        applier_->applied(), log_->Begin()));
-  }
+  FP_RETURN_IF_ERROR(CheckNotTrimmedPast());
+  if (options_.log_backend == LogBackend::kEtcd) FP_RETURN_IF_ERROR(OpenCluster());
   metrics_->log_begin.Set(static_cast<double>(log_->Begin()));
+  // Snapshots are sent from here and deleted when sent; a crash may have left some behind.
+  std::error_code removed;
+  std::filesystem::remove_all(dir / kSnapshotsDir, removed);
   FP_ASSIGN_OR_RETURN(tlog::NoteSigner signer,
                       LoadOrCreateSigner((dir / kCheckpointKeyFile).string(), options_.origin));
+  FP_ASSIGN_OR_RETURN(tlog::Cosigner cosigner,
+                      LoadOrCreateCosigner((dir / kCosignerKeyFile).string(), options_.tls_name));
   ApiContext context;
   context.state = state_.get();
   context.log = log_.get();
@@ -262,6 +317,17 @@ Status Supervisor::Open(prometheus::Registry& registry) {
   context.draining = &draining_;
   context.recovery_position = log_->End();
   context.admin_token = options_.admin_token;
+  context.cluster_status = [this] { return cluster_status(); };
+  context.open_snapshot = [this](const std::string& member) { return OpenSnapshot(member); };
+  context.remove_member = [this](const std::string& member) -> StatusOr<bool> {
+    if (members_ == nullptr) {
+      return FailedPreconditionError("this supervisor is not a member of a cluster");
+    }
+    FP_ASSIGN_OR_RETURN(bool removed, members_->Remove(member));
+    LogInfo("supervisor", "member removed from the member table",
+            {{"member", member}, {"existed", removed}});
+    return removed;
+  };
   for (const auto& [model, dir] : options_.tokenizer_dirs) {
     // The supervisor does not load the model, so only the tokenizer's own vocabulary bounds ids.
     StatusOr<std::unique_ptr<tokenizer::Tokenizer>> loaded =
@@ -270,7 +336,10 @@ Status Supervisor::Open(prometheus::Registry& registry) {
     context.tokenizers[model] = std::move(*loaded);
   }
   api_ = std::make_unique<Api>(std::move(context));
-  signer_ = std::make_unique<CheckpointSigner>(state_.get(), options_.origin, std::move(signer));
+  signer_ = std::make_unique<CheckpointSigner>(state_.get(), log_.get(), std::move(signer),
+                                               std::move(cosigner), &registry);
+  // Registers this supervisor's cosigner key; refuses a ledger key the cluster does not share.
+  FP_RETURN_IF_ERROR(signer_->Join());
   // Whatever a crash left unsigned is signed before anything is served.
   FP_RETURN_IF_ERROR(signer_->SignPending().status());
   return OkStatus();
@@ -284,7 +353,24 @@ Status Supervisor::OpenLog() {
       return OkStatus();
     }
     case LogBackend::kEtcd: {
-      StatusOr<std::unique_ptr<EtcdLog>> log = OpenEtcdLog(options_.etcd);
+      cluster::LeaderOptions leader;
+      leader.client = options_.etcd.client;
+      leader.prefix = options_.etcd.prefix;
+      leader.identity = options_.tls_name;
+      leader.ttl = std::chrono::duration_cast<std::chrono::seconds>(options_.leader_ttl);
+      leader.safety_margin = options_.leader_margin;
+      leader.poll_interval = options_.leader_poll_interval;
+      StatusOr<std::unique_ptr<cluster::LeaderElection>> election =
+          cluster::LeaderElection::Start(leader);
+      if (!election.ok()) return election.status().WithContext("start the leader election");
+      election_ = std::move(election).value();
+      EtcdLogOptions etcd = options_.etcd;
+      etcd.leader_token = [election = election_.get()]() -> std::optional<int64_t> {
+        const cluster::LeaderView view = election->View();
+        return view.is_leader ? std::optional<int64_t>(view.token) : std::nullopt;
+      };
+      etcd.on_fence_refused = [metrics = metrics_.get()] { metrics->fenced_refused.Increment(); };
+      StatusOr<std::unique_ptr<EtcdLog>> log = OpenEtcdLog(etcd);
       if (!log.ok()) return log.status().WithContext("open the etcd log");
       log_ = std::move(log).value();
       LogInfo("supervisor", "etcd log opened",
@@ -293,6 +379,50 @@ Status Supervisor::OpenLog() {
     }
   }
   return InvalidArgumentError("unknown log backend");
+}
+
+Status Supervisor::CheckNotTrimmedPast() const {
+  const uint64_t applied = applier_->applied();
+  Status trimmed;
+  if (applied < log_->Begin()) {
+    trimmed = OutOfRangeError(fmt::format("the log starts at {}", log_->Begin()));
+  } else if (applied < log_->End()) {
+    // Begin() was read when the log opened; a trim since then shows in a read.
+    trimmed = log_->Read(applied, 1).status();
+    if (trimmed.code() != StatusCode::kOutOfRange) return OkStatus();
+  } else {
+    return OkStatus();
+  }
+  if (options_.log_backend == LogBackend::kEtcd) {
+    return FailedPreconditionError(fmt::format(
+        "this supervisor's state applied {} records, but the cluster's log was trimmed past that "
+        "({}) while it was away: it cannot catch up from the log. Bootstrap it from a running "
+        "member into an empty data directory: fieldprint supervisor bootstrap --config FILE "
+        "--from http://PEER:HTTP_PORT --data-dir NEW_DIR (docs/supervisor.md, \"Cluster\")",
+        applied, trimmed.message()));
+  }
+  return FailedPreconditionError(fmt::format(
+      "the state applied {} records but the log was trimmed past that ({}): the state cannot be "
+      "rebuilt from this log",
+      applied, trimmed.message()));
+}
+
+Status Supervisor::OpenCluster() {
+  StatusOr<std::unique_ptr<cluster::ClusterMembers>> members =
+      cluster::ClusterMembers::Create(options_.etcd.client, options_.etcd.prefix);
+  if (!members.ok()) return members.status().WithContext("open the member table");
+  members_ = std::move(members).value();
+  // Publishing before anything else holds trimming at this member's position from now on; a trim
+  // that raced with the publish is caught by the second check.
+  const uint64_t applied = applier_->applied();
+  if (Status published = members_->Publish(options_.tls_name, applied); !published.ok()) {
+    return published.WithContext("publish this member's applied position");
+  }
+  FP_RETURN_IF_ERROR(CheckNotTrimmedPast());
+  last_publish_ = Clock::now();
+  LogInfo("supervisor", "cluster member joined",
+          {{"member", options_.tls_name}, {"applied", applied}, {"prefix", options_.etcd.prefix}});
+  return OkStatus();
 }
 
 Status Supervisor::StartNetwork(prometheus::Registry& registry) {
@@ -349,8 +479,17 @@ void Supervisor::ApplierLoop() {
       if (stop_applier_ || !failure_.ok()) return;
       continue;
     }
+    // Released at the end of the iteration: a snapshot waits for the group and its signatures.
+    std::lock_guard apply_lock(apply_mutex_);
     StatusOr<std::vector<LogEntry>> entries = log_->Read(applied, kMaxApplyGroup);
-    if (!entries.ok()) return Fail(entries.status().WithContext("read log"));
+    if (!entries.ok()) {
+      const Status read = entries.status().code() == StatusCode::kOutOfRange
+                              ? entries.status().WithContext(
+                                    "read log (trimmed past this supervisor's applied position: "
+                                    "bootstrap it from a peer)")
+                              : entries.status().WithContext("read log");
+      return Fail(read);
+    }
     StatusOr<Effects> effects = applier_->Apply(*entries);
     if (!effects.ok()) return Fail(effects.status().WithContext("apply"));
     metrics_->applied.Increment(static_cast<double>(entries->size()));
@@ -367,16 +506,14 @@ void Supervisor::ApplierLoop() {
     for (const std::string& rejection : effects->rejections) {
       LogDebug("supervisor", "record rejected", {{"reason", rejection}});
     }
-    {
+    if (leading_.load()) {
       std::lock_guard lock(mutex_);
       const auto now = Clock::now();
       for (const std::string& session : effects->progressed) progress_[session] = now;
     }
     workers_->Deliver(*effects);
-    if (effects->checkpoint) {
-      if (Status sign = signer_->SignPending().status(); !sign.ok()) {
-        return Fail(sign.WithContext("sign checkpoint"));
-      }
+    if (Status sign = signer_->AfterApply(*effects); !sign.ok()) {
+      return Fail(sign.WithContext("sign checkpoint"));
     }
   }
 }
@@ -398,8 +535,167 @@ void Supervisor::LeaderLoop() {
       changed_.wait_for(lock, options_.placement_interval, [&] { return stop_leader_; });
       if (stop_leader_) return;
     }
-    LeaderRound(Clock::now());
+    const Clock::time_point now = Clock::now();
+    if (members_ != nullptr && now - last_publish_ >= options_.member_publish_interval) {
+      PublishMember();
+      last_publish_ = now;
+    }
+    if (now - last_gauges_ >= std::chrono::seconds(1)) {
+      UpdateGauges();  // every member's own view, leading or not
+      last_gauges_ = now;
+    }
+    if (FollowLeadership(now)) LeaderRound(now);
   }
+}
+
+bool Supervisor::FollowLeadership(Clock::time_point now) {
+  cluster::LeaderView view;
+  if (election_ == nullptr) {
+    view = {true, options_.tls_name, 0};  // standalone: always the leader, one endless term
+  } else {
+    view = election_->View();
+  }
+  if (view.token != 0 && view.token != seen_term_) {
+    seen_term_ = view.token;
+    metrics_->leader_changes.Increment();
+    LogInfo("supervisor", "leadership term observed",
+            {{"leader", view.leader}, {"term", view.token}, {"member", options_.tls_name}});
+  }
+  if (!view.is_leader) {
+    if (phase_ != LeaderPhase::kFollower) StepDown("the term ended");
+    // A connection that closed here says nothing to a later term of this member: by then the
+    // worker may well be connected to another member.
+    workers_->TakeLostWorkers(now, options_.worker_grace);
+    return false;
+  }
+  if (phase_ != LeaderPhase::kFollower && view.token != term_) StepDown("a new term began");
+  if (phase_ == LeaderPhase::kFollower) {
+    // Everything the previous leader wrote is below the log's end as of now (its records are
+    // fenced by its term), so applying up to it gives this term the whole history to decide
+    // from. The end this member knows of may be stale (it was cut off, its poller is behind):
+    // ask the log itself.
+    StatusOr<uint64_t> end = log_->ReadEnd();
+    if (!end.ok()) {
+      LogWarn("supervisor", "leadership won but the log's end is unreadable; trying again",
+              {{"member", options_.tls_name}, {"error", end.status()}});
+      return false;
+    }
+    phase_ = LeaderPhase::kCatchingUp;
+    term_ = view.token;
+    catch_up_to_ = *end;
+    LogInfo("supervisor", "leadership won; catching up with the log",
+            {{"member", options_.tls_name},
+             {"term", term_},
+             {"applied", applier_->applied()},
+             {"catch_up_to", catch_up_to_}});
+  }
+  if (phase_ == LeaderPhase::kCatchingUp) {
+    if (applier_->applied() < catch_up_to_) return false;
+    BecomeLeader(now);
+    if (phase_ != LeaderPhase::kLeading) return false;
+  }
+  return true;
+}
+
+void Supervisor::BecomeLeader(Clock::time_point now) {
+  // Leader memory from the applied state: every session still running gets a whole deadline
+  // from now (the previous leader's clock readings died with its term).
+  std::vector<std::string> running;
+  std::unique_ptr<rocksdb::Iterator> it = state_->NewIterator(kSessions);
+  for (it->SeekToFirst(); it->Valid(); it->Next()) {
+    pb::SessionState session;
+    if (!session.ParseFromArray(it->value().data(), static_cast<int>(it->value().size()))) {
+      return Fail(DataLossError("a stored session does not parse"));
+    }
+    if (session.phase() != pb::SESSION_PHASE_VERIFIED &&
+        session.phase() != pb::SESSION_PHASE_FAILED) {
+      running.push_back(it->key().ToString());
+    }
+  }
+  if (!it->status().ok()) return Fail(FromRocks(it->status(), "scan sessions"));
+  {
+    std::lock_guard lock(mutex_);
+    progress_.clear();
+    for (const std::string& id : running) progress_[id] = now;
+  }
+  last_tick_ = {};
+  last_slow_round_ = now;
+  last_trim_ = now;
+  requested_checkpoint_ = false;
+  requested_size_ = 0;
+  requested_at_ = now;
+  phase_ = LeaderPhase::kLeading;
+  leading_.store(true);
+  metrics_->leader.Set(1);
+  LogInfo("supervisor", "leading",
+          {{"member", options_.tls_name},
+           {"term", term_},
+           {"applied", applier_->applied()},
+           {"running_sessions", running.size()}});
+}
+
+void Supervisor::StepDown(const char* why) {
+  leading_.store(false);
+  {
+    std::lock_guard lock(mutex_);
+    progress_.clear();
+  }
+  phase_ = LeaderPhase::kFollower;
+  metrics_->leader.Set(0);
+  LogWarn("supervisor", "leadership lost",
+          {{"member", options_.tls_name}, {"term", term_}, {"why", why}});
+}
+
+void Supervisor::PublishMember() {
+  // A published position must survive a crash, and the state has no WAL: what is on disk counts.
+  // A flush (SST files and a MANIFEST write, each synced) is paid only when the disk is behind.
+  StatusOr<uint64_t> durable = PersistedApplied(*state_);
+  if (!durable.ok()) return Fail(durable.status());
+  uint64_t applied = *durable;
+  if (applied < applier_->applied()) {
+    applied = applier_->applied();
+    if (Status flushed = state_->Flush(); !flushed.ok()) {
+      return Fail(flushed.WithContext("flush the state before publishing the applied position"));
+    }
+  }
+  if (Status published = members_->Publish(options_.tls_name, applied); !published.ok()) {
+    // Cut off from etcd: nothing this member is sent can become durable, so its workers go to
+    // another member until a publication succeeds again.
+    LogWarn("supervisor", "publishing the applied position failed; refusing workers",
+            {{"error", published}});
+    log_reachable_.store(false);
+    workers_->SetLogReachable(false);
+    return;
+  }
+  if (!log_reachable_.exchange(true)) {
+    LogInfo("supervisor", "etcd is reachable again; accepting workers", {});
+  }
+  workers_->SetLogReachable(true);
+  StatusOr<std::map<std::string, uint64_t>> members = members_->List();
+  if (!members.ok()) {
+    LogWarn("supervisor", "reading the member table failed", {{"error", members.status()}});
+    return;
+  }
+  uint64_t slowest = applied;
+  for (const auto& [name, position] : *members) slowest = std::min(slowest, position);
+  const uint64_t end = log_->End();
+  metrics_->cluster_members.Set(static_cast<double>(members->size()));
+  metrics_->slowest_member_lag.Set(static_cast<double>(end > slowest ? end - slowest : 0));
+  std::lock_guard lock(mutex_);
+  known_members_ = std::move(members).value();
+}
+
+bool Supervisor::RegisteredWithinGrace(const std::string& worker_id) {
+  DbStateReader reader(state_.get());
+  StatusOr<std::optional<pb::WorkerState>> worker =
+      reader.GetMessage<pb::WorkerState>(kWorkers, worker_id);
+  StatusOr<AppliedMeta> meta = ReadAppliedMeta(reader);
+  if (!worker.ok() || !meta.ok() || !worker->has_value()) return false;
+  // The leader clock moves in ticks: allow two of them on top of the grace period.
+  const uint64_t window = static_cast<uint64_t>(options_.worker_grace.count()) +
+                          2 * static_cast<uint64_t>(options_.tick_interval.count());
+  return (*worker)->phase() == pb::WorkerState::PHASE_ACTIVE &&
+         (*worker)->registered_unix_ms() + window > meta->clock_ms;
 }
 
 void Supervisor::LeaderRound(Clock::time_point now) {
@@ -424,18 +720,33 @@ void Supervisor::LeaderRound(Clock::time_point now) {
     requested_at_ = now;
   }
   for (const std::string& worker_id : workers_->TakeLostWorkers(now, options_.worker_grace)) {
+    // Gone from this member but registered again since (at another member of a cluster, whose
+    // connection this leader cannot see): not lost. A replica that stalls anyway is re-placed by
+    // its deadline.
+    if (RegisteredWithinGrace(worker_id)) {
+      LogInfo("supervisor", "worker left this member but registered again; not lost",
+              {{"worker", worker_id}});
+      continue;
+    }
     pb::LogRecord lost;
     lost.mutable_worker_lost()->set_worker_id(worker_id);
     AppendInBackground(std::move(lost));
   }
   if (options_.log_retention_records > 0 && now - last_trim_ >= options_.log_trim_interval) {
-    if (Status trimmed = TrimLog(); !trimmed.ok()) return Fail(trimmed.WithContext("trim log"));
     last_trim_ = now;
+    if (Status trimmed = TrimLog(); !trimmed.ok()) {
+      const StatusCode code = trimmed.code();
+      // etcd unavailable, or another trimmer won: the next interval tries again.
+      if (code != StatusCode::kUnavailable && code != StatusCode::kDeadlineExceeded &&
+          code != StatusCode::kAborted) {
+        return Fail(trimmed.WithContext("trim log"));
+      }
+      LogWarn("supervisor", "log trim failed; retrying later", {{"error", trimmed}});
+    }
   }
   if (now - last_slow_round_ >= std::chrono::seconds(1)) {
     CheckDeadlines(now);
     ProposePlacementExpiries();
-    UpdateGauges();
     last_slow_round_ = now;
   }
 }
@@ -517,8 +828,6 @@ void Supervisor::ProposePlacementExpiries() {
 }
 
 Status Supervisor::TrimLog() {
-  // Start refuses log retention with the etcd backend (see there).
-  FP_CHECK(options_.log_backend == LogBackend::kRocksDb);
   StatusOr<SignedCheckpoint> latest = LatestSignedCheckpoint(*state_);
   if (latest.status().code() == StatusCode::kNotFound) return OkStatus();
   FP_RETURN_IF_ERROR(latest.status());
@@ -531,7 +840,16 @@ Status Supervisor::TrimLog() {
   // restart would replay is deleted.
   const uint64_t applied = applier_->applied();
   FP_RETURN_IF_ERROR(state_->Flush());
-  const uint64_t covered = std::min(applied, body->position() + 1);
+  uint64_t covered = std::min(applied, body->position() + 1);
+  if (members_ != nullptr) {
+    // Every member must have applied what is deleted, a stopped one included: it catches up from
+    // the log when it returns, unless an operator removed it from the table.
+    using MemberTable = std::map<std::string, uint64_t>;
+    FP_ASSIGN_OR_RETURN(MemberTable members, members_->List());
+    for (const auto& [name, position] : members) covered = std::min(covered, position);
+    std::lock_guard lock(mutex_);
+    known_members_ = std::move(members);
+  }
   if (covered <= options_.log_retention_records) return OkStatus();
   const uint64_t before = log_->Begin();
   FP_ASSIGN_OR_RETURN(uint64_t begin, log_->Trim(covered - options_.log_retention_records));
@@ -540,6 +858,79 @@ Status Supervisor::TrimLog() {
   }
   metrics_->log_begin.Set(static_cast<double>(begin));
   return OkStatus();
+}
+
+ClusterStatus Supervisor::cluster_status() const {
+  ClusterStatus status;
+  status.cluster = election_ != nullptr;
+  status.name = options_.tls_name;
+  status.applied = applier_->applied();
+  status.log_begin = log_->Begin();
+  status.log_end = log_->End();
+  if (election_ == nullptr) {
+    status.leader = options_.tls_name;
+    status.is_leader = true;
+    return status;
+  }
+  const cluster::LeaderView view = election_->View();
+  status.leader = view.leader;
+  status.term = view.token;
+  status.is_leader = leading_.load();
+  status.log_reachable = log_reachable_.load();
+  std::lock_guard lock(mutex_);
+  status.members = known_members_;
+  return status;
+}
+
+StatusOr<std::shared_ptr<cluster::SnapshotStream>> Supervisor::OpenSnapshot(
+    const std::string& member) {
+  if (!member.empty()) FP_RETURN_IF_ERROR(cluster::ValidateMemberName(member));
+  if (open_snapshots_.fetch_add(1) >= kMaxOpenSnapshots) {
+    --open_snapshots_;
+    return UnavailableError(
+        fmt::format("{} snapshots are being sent already; try again later", kMaxOpenSnapshots));
+  }
+  // Until the stream owns the counter, any error must give the slot back.
+  bool handed_over = false;
+  struct Release {
+    std::atomic<int>& count;
+    bool& handed_over;
+    ~Release() {
+      if (!handed_over) --count;
+    }
+  } release{open_snapshots_, handed_over};
+  // Reserved before the snapshot is taken and at most at its position: this supervisor's own
+  // published position is no higher either, so the leader cannot trim past the reservation.
+  if (!member.empty() && members_ != nullptr) {
+    FP_RETURN_IF_ERROR(members_->Reserve(member, applier_->applied()));
+  }
+  const std::filesystem::path parent = std::filesystem::path(options_.data_dir) / kSnapshotsDir;
+  std::error_code error;
+  std::filesystem::create_directories(parent, error);
+  if (error)
+    return UnavailableError(fmt::format("create {}: {}", parent.string(), error.message()));
+  const std::string dir = (parent / std::to_string(snapshot_sequence_.fetch_add(1))).string();
+  uint64_t applied = 0;
+  {
+    std::lock_guard apply_lock(apply_mutex_);
+    applied = applier_->applied();
+    FP_RETURN_IF_ERROR(state_->Flush());  // the state has no WAL: its memtables must be in SSTs
+    FP_RETURN_IF_ERROR(cluster::CreateRocksCheckpoint(state_->db(), dir));
+  }
+  StatusOr<std::unique_ptr<cluster::SnapshotStream>> stream =
+      cluster::SnapshotStream::Open(dir, applied, [this] { --open_snapshots_; });
+  if (!stream.ok()) {
+    std::filesystem::remove_all(dir, error);
+    return stream.status();
+  }
+  handed_over = true;
+  LogInfo("supervisor", "snapshot taken",
+          {{"applied", applied}, {"member", member}, {"bytes", (*stream)->content_bytes()}});
+  return std::shared_ptr<cluster::SnapshotStream>(std::move(stream).value());
+}
+
+void Supervisor::TEST_PauseLeadership(bool paused) {
+  if (election_ != nullptr) election_->TEST_PauseCampaign(paused);
 }
 
 void Supervisor::UpdateGauges() {
@@ -608,6 +999,12 @@ Status Supervisor::Drain() {
     changed_.notify_all();
   }
   if (leader_thread_.joinable()) leader_thread_.join();
+  if (election_ != nullptr) {
+    // Revoking the lease lets another member win at its next poll instead of after the TTL.
+    election_->Resign();
+    if (leading_.exchange(false)) LogInfo("supervisor", "leadership resigned", {{"term", term_}});
+    metrics_->leader.Set(0);
+  }
   // Queued appends become durable and are acknowledged.
   if (log_ != nullptr) log_->Close();
   {
@@ -624,6 +1021,13 @@ Status Supervisor::Drain() {
   io_threads_.clear();
   if (metrics_server_ != nullptr) metrics_server_->Stop();
   if (state_ != nullptr) state_->Flush().IgnoreError();
+  if (members_ != nullptr && state_ != nullptr) {
+    // The final position, so trimming is held exactly where this member will resume.
+    if (Status published = members_->Publish(options_.tls_name, applier_->applied());
+        !published.ok()) {
+      LogWarn("supervisor", "publishing the final applied position failed", {{"error", published}});
+    }
+  }
   std::lock_guard lock(mutex_);
   drained_ = true;
   changed_.notify_all();

@@ -1,23 +1,40 @@
-// Supervisor: one standalone supervisor process: the log, the applier and its thread, the
-// leader's duties, the worker listener, the HTTP API and metrics, wired together.
+// Supervisor: one supervisor process: the log, the applier and its thread, the leader's duties,
+// the worker listener, the HTTP API and metrics, wired together; standalone, or as a member of a
+// cluster of supervisors on one etcd log (docs/supervisor.md, "Cluster").
 //
 // Threads: the log's writer thread (group commit); the applier thread, which applies durable
 // records in groups, delivers their effects to workers and signs new checkpoints; the leader
-// thread, which writes every time-dependent record (Tick, CheckpointRequest, Assign from
-// placement, Deadline for stalled replicas, WorkerLost after the grace period, PlacementExpired
-// for sessions waiting too long for placement); and
-// `io_threads` Asio threads for the worker listener and the HTTP server. The standalone
-// supervisor is always the leader; a cluster backend will run the leader thread only on the
-// elected leader.
+// thread, which on the leader writes every time-dependent record (Tick, CheckpointRequest, Assign
+// from placement, Deadline for stalled replicas, WorkerLost after the grace period,
+// PlacementExpired for sessions waiting too long for placement) and trims the log, and on every
+// member of a cluster publishes this member's applied position; and `io_threads` Asio threads for
+// the worker listener and the HTTP server.
+//
+// Leadership. A standalone supervisor always leads. A member of a cluster (log_backend kEtcd) runs
+// a cluster::LeaderElection (identity: tls_name, which must be unique in the cluster; key prefix:
+// the log's) and the leader thread acts only while it leads. On winning a term it first applies
+// the log up to its end as of the win, then rebuilds its leader memory (when each running session
+// last progressed, the checkpoint and tick schedule) from the applied state; on losing the term it
+// drops that memory. Its leader records are fenced by the term at etcd (etcd_log.h, "Fencing"),
+// so a deposed leader that has not noticed yet cannot write them. Every member accepts client
+// submissions and worker streams: positions in the log are claimed by compare, so appends from
+// any member are safe.
+//
+// Trimming. The leader deletes records every member applied durably (the member table,
+// cluster/members.h), that the latest signed checkpoint covers, beyond log_retention_records. A
+// supervisor whose applied position is below the log's first retained position refuses to start:
+// it must be bootstrapped from a peer's snapshot (cluster/bootstrap.h).
 //
 // Drain (SIGTERM/SIGINT, or Drain()): /readyz turns 503, listeners stop accepting, worker
-// connections close (workers reconnect to another supervisor), appends already queued become
-// durable and are acknowledged, the applier catches up with the log, pending checkpoints are
-// signed, and every thread stops.
+// connections close (workers reconnect to another supervisor), leadership is resigned, appends
+// already queued become durable and are acknowledged, the applier catches up with the log,
+// pending checkpoints are signed, this member's applied position is published, and every thread
+// stops.
 //
 // The log is RocksLog in data_dir/log (the default) or EtcdLog in an etcd cluster
 // (SupervisorOptions::log_backend); the state store stays in data_dir/state either way, and
-// nothing above the Log interface knows which backend runs.
+// nothing above the Log interface knows which backend runs. The cluster's own coordination
+// (election, member table) lives in supervisor/cluster/.
 //
 // Thread-safety: Start, Drain and the accessors may be called from any thread; Drain is
 // idempotent. ParseLogBackend and ParseEtcdEndpoints are pure.
@@ -31,6 +48,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -42,6 +60,9 @@
 #include "common/metrics/metrics_server.h"
 #include "supervisor/api/api.h"
 #include "supervisor/api/http_server.h"
+#include "supervisor/cluster/leader.h"
+#include "supervisor/cluster/members.h"
+#include "supervisor/cluster/snapshot.h"
 #include "supervisor/ledger/checkpoints.h"
 #include "supervisor/log/etcd_log.h"
 #include "supervisor/log/rocksdb_log.h"
@@ -55,6 +76,10 @@ inline constexpr size_t kMaxApplyGroup = 512;
 inline constexpr uint32_t kMaxIoThreads = 64;
 // PlacementExpired records the leader proposes per round.
 inline constexpr size_t kMaxPlacementExpiriesPerRound = 256;
+// Snapshots (GET /v1/admin/snapshot) being sent at once; more are refused with Unavailable.
+inline constexpr int kMaxOpenSnapshots = 2;
+// Folder of the data directory where snapshots are built (emptied at start).
+inline constexpr std::string_view kSnapshotsDir = "snapshots";
 
 enum class LogBackend { kRocksDb, kEtcd };
 
@@ -91,11 +116,18 @@ struct SupervisorOptions {
   std::chrono::milliseconds replica_deadline{120'000};
   std::chrono::milliseconds worker_grace{30'000};
   std::chrono::milliseconds drain_timeout{10'000};
-  // Log trimming: records applied (durably) and covered by a signed checkpoint are deleted from
-  // the log, keeping the newest `log_retention_records` of them; 0 keeps the whole log. RocksDB
-  // backend only (see Supervisor::Start).
+  // Log trimming (by the leader): records applied durably (by every member of a cluster) and
+  // covered by a signed checkpoint are deleted from the log, keeping the newest
+  // `log_retention_records` of them; 0 keeps the whole log.
   uint64_t log_retention_records = 0;
   std::chrono::milliseconds log_trim_interval{10'000};
+  // Cluster members (log_backend kEtcd): the election's lease TTL (whole seconds, see
+  // cluster::LeaderOptions), how long before the lease can expire a leader stops acting, how often
+  // a follower tries to win, and how often a member publishes its applied position.
+  std::chrono::milliseconds leader_ttl{5000};
+  std::chrono::milliseconds leader_margin{1000};
+  std::chrono::milliseconds leader_poll_interval{200};
+  std::chrono::milliseconds member_publish_interval{5000};
   wire::ConnectionOptions connection;
   std::string admin_token;  // bearer token of the /v1/admin/ routes; empty disables them
   // Per model: the folder of its tokenizer (tokenizer.model or fieldprint_tokenizer.json), for
@@ -128,6 +160,24 @@ class Supervisor {
   uint16_t metrics_port() const { return metrics_port_; }
   uint64_t applied() const { return applier_->applied(); }
   const Log& log() const { return *log_; }
+  // True while the leader thread acts as leader (after the catch-up of its term).
+  bool leading() const { return leading_.load(); }
+  // What GET /v1/cluster reports.
+  ClusterStatus cluster_status() const;
+
+  // Takes a snapshot of the state (between two applied groups) for GET /v1/admin/snapshot; with
+  // `member` set (a cluster member's name), first reserves the snapshot's position for it in the
+  // member table. Unavailable when kMaxOpenSnapshots are being sent; InvalidArgument for a bad
+  // member name; storage and etcd errors otherwise. The stream deletes its files when destroyed.
+  StatusOr<std::shared_ptr<cluster::SnapshotStream>> OpenSnapshot(const std::string& member);
+
+  // Freezes (true) or thaws this member's election like a paused process (see
+  // cluster::LeaderElection::TEST_PauseCampaign); nothing without a cluster.
+  void TEST_PauseLeadership(bool paused);
+  // The log, for tests that append as this supervisor would (borrowed).
+  Log& TEST_log() { return *log_; }
+  // The state store, for comparing members' states in tests (borrowed).
+  const RocksStore& TEST_state() const { return *state_; }
 
  private:
   struct Metrics;
@@ -135,9 +185,22 @@ class Supervisor {
   Status Open(prometheus::Registry& registry);
   // Opens the backend selected by options_.log_backend into log_.
   Status OpenLog();
+  // The election and the member table of a cluster member (log_backend kEtcd); publishes this
+  // member's position and refuses to start a member the log was trimmed past.
+  Status OpenCluster();
+  Status CheckNotTrimmedPast() const;
   Status StartNetwork(prometheus::Registry& registry);
   void ApplierLoop();
   void LeaderLoop();
+  // Follows the election: counts term changes, catches up and rebuilds the leader memory on a
+  // win, drops it on a loss. True when this round may act as leader.
+  bool FollowLeadership(std::chrono::steady_clock::time_point now);
+  void BecomeLeader(std::chrono::steady_clock::time_point now);
+  void StepDown(const char* why);
+  // Flushes the state and publishes this member's applied position; refreshes the member table.
+  void PublishMember();
+  // Whether the worker's latest registration was applied within the grace period.
+  bool RegisteredWithinGrace(const std::string& worker_id);
   void LeaderRound(std::chrono::steady_clock::time_point now);
   void CheckDeadlines(std::chrono::steady_clock::time_point now);
   // Appends PlacementExpired for sessions waiting longer than the placement timeout.
@@ -156,6 +219,17 @@ class Supervisor {
   std::unique_ptr<CheckpointSigner> signer_;
   std::unique_ptr<Api> api_;
   std::atomic<bool> draining_{false};
+  // Cluster members only (null when standalone).
+  std::unique_ptr<cluster::LeaderElection> election_;
+  std::unique_ptr<cluster::ClusterMembers> members_;
+  // Held by the applier thread while it applies a group and signs, so that a snapshot is taken
+  // between two groups (at an exact applied position).
+  std::mutex apply_mutex_;
+  std::atomic<bool> leading_{false};
+  // False while this member's publications to etcd fail (see PublishMember).
+  std::atomic<bool> log_reachable_{true};
+  std::atomic<int> open_snapshots_{0};
+  std::atomic<uint64_t> snapshot_sequence_{0};
 
   boost::asio::io_context io_;
   std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
@@ -176,14 +250,24 @@ class Supervisor {
   bool stop_applier_ = false;  // guarded by mutex_
   bool drained_ = false;       // guarded by mutex_
   Status failure_;             // guarded by mutex_
+  // The member table as last read, by the leader thread.
+  std::map<std::string, uint64_t> known_members_;  // guarded by mutex_
   // Leader thread only.
+  enum class LeaderPhase { kFollower, kCatchingUp, kLeading };
+  LeaderPhase phase_ = LeaderPhase::kFollower;
+  int64_t term_ = 0;          // the term being caught up with or led
+  int64_t seen_term_ = 0;     // the last term this member knew of (leader changes)
+  uint64_t catch_up_to_ = 0;  // the log's end when the term was won
+  std::chrono::steady_clock::time_point last_publish_{};
+  std::chrono::steady_clock::time_point last_gauges_{};
   std::chrono::steady_clock::time_point last_tick_{};
   std::chrono::steady_clock::time_point last_slow_round_{};
   std::chrono::steady_clock::time_point last_trim_{};
   std::chrono::steady_clock::time_point requested_at_{};
   bool requested_checkpoint_ = false;
   uint64_t requested_size_ = 0;
-  // Leader memory: when each running session last progressed (steady clock).
+  // Leader memory: when each running session last progressed (steady clock); kept only while
+  // leading_.
   std::map<std::string, std::chrono::steady_clock::time_point> progress_;  // guarded by mutex_
 };
 

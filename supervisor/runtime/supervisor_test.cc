@@ -21,6 +21,7 @@
 #include "common/wire/tls.h"
 #include "supervisor/log/testing/etcd_cluster.h"
 #include "supervisor/net/http_client.h"
+#include "supervisor/runtime/test_worker.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
 
@@ -33,95 +34,9 @@ using ::testing::HasSubstr;
 
 constexpr auto kWait = std::chrono::seconds(10);
 
-// A worker connection whose received envelopes queue up for the test to take.
-class TestWorker {
- public:
-  TestWorker(boost::asio::io_context& io, boost::asio::ssl::context& tls, uint16_t port) {
-    wire::ConnectionHandlers handlers;
-    handlers.on_envelope = [this](const std::shared_ptr<wire::Connection>&,
-                                  wire::pb::Envelope envelope) {
-      std::lock_guard lock(mutex_);
-      received_.push_back(std::move(envelope));
-      changed_.notify_all();
-    };
-    handlers.on_close = [this](const std::shared_ptr<wire::Connection>&, const Status& status) {
-      std::lock_guard lock(mutex_);
-      closed_ = status;
-      changed_.notify_all();
-    };
-    connection_ = wire::Connection::Connect(io, tls, "127.0.0.1", port, "supervisor-0",
-                                            std::move(handlers), wire::ConnectionOptions());
-    connection_->Start();
-  }
-  // Waits for the close handler, which writes into this object, before the object goes away.
-  ~TestWorker() {
-    connection_->Close();
-    WaitClosed();
-  }
-
-  void Send(const wire::pb::Envelope& envelope) { FP_CHECK_OK(connection_->Send(envelope)); }
-
-  // The oldest envelope with this body (others stay queued); nullopt on timeout.
-  std::optional<wire::pb::Envelope> Next(wire::pb::Envelope::BodyCase body) {
-    std::unique_lock lock(mutex_);
-    std::optional<wire::pb::Envelope> found;
-    changed_.wait_for(lock, kWait, [&] {
-      for (auto it = received_.begin(); it != received_.end(); ++it) {
-        if (it->body_case() == body) {
-          found = std::move(*it);
-          received_.erase(it);
-          return true;
-        }
-      }
-      return false;
-    });
-    return found;
-  }
-
-  std::optional<Status> WaitClosed() {
-    std::unique_lock lock(mutex_);
-    changed_.wait_for(lock, kWait, [&] { return closed_.has_value(); });
-    return closed_;
-  }
-
- private:
-  std::shared_ptr<wire::Connection> connection_;
-  std::mutex mutex_;
-  std::condition_variable changed_;
-  std::deque<wire::pb::Envelope> received_;  // guarded by mutex_
-  std::optional<Status> closed_;             // guarded by mutex_
-};
-
-wire::pb::Envelope Registration() {
-  wire::pb::Envelope envelope;
-  envelope.mutable_registration()->set_max_replicas(4);
-  envelope.mutable_registration()->add_models("tiny");
-  envelope.mutable_registration()->set_numerics_profile_hash(std::string(32, 'p'));
-  return envelope;
-}
-
-wire::pb::Envelope Leaves(const wire::pb::Assign& assign, uint64_t steps,
-                          const std::string& salt = "") {
-  wire::pb::Envelope envelope;
-  wire::pb::LeafBatch* batch = envelope.mutable_leaf_batch();
-  batch->set_session_id(assign.session_id());
-  batch->set_replica(assign.replica());
-  batch->set_epoch(assign.epoch());
-  merkle::Frontier tree;
-  for (uint64_t step = 0; step < steps; ++step) {
-    leaf::StepLeaf leaf;
-    std::copy(assign.session_id().begin(), assign.session_id().end(), leaf.session_id.begin());
-    leaf.step = step;
-    leaf.token_id = 40 + static_cast<uint32_t>(step);
-    leaf.state_digest = Sha256(salt + "state " + std::to_string(step));
-    wire::AppendStepLeaf(*batch, leaf.token_id, leaf.state_digest);
-    tree.Append(leaf::StepLeafHash(leaf), nullptr);
-  }
-  batch->set_last(true);
-  const Hash root = tree.Root();
-  batch->set_session_root(std::string(root.begin(), root.end()));
-  return envelope;
-}
+using testing::Leaves;
+using testing::Registration;
+using testing::TestWorker;
 
 class SupervisorTest : public ::testing::Test {
  protected:
@@ -423,10 +338,19 @@ TEST_F(EtcdSupervisorTest, SessionIsVerifiedAndAFreshStateDirectoryRebuildsItFro
   const uint64_t written = supervisor_->log().End();
   EXPECT_FALSE(std::filesystem::exists(dir_.Join("data") + "/log"));  // the log is in etcd
 
-  // Same etcd, empty data directory: the state can only come from replaying the etcd log.
+  // Same etcd, a data directory holding only this supervisor's key files (provisioned like the
+  // TLS files: the ledger key, and the cosigner key its name is registered with): the state can
+  // only come from replaying the etcd log.
   worker_.reset();
   SupervisorOptions fresh = Options();
   fresh.data_dir = dir_.Join("fresh");
+  std::filesystem::create_directories(fresh.data_dir);
+  for (const auto& file : std::filesystem::directory_iterator(dir_.Join("data"))) {
+    if (file.path().extension() == ".key") {
+      std::filesystem::copy_file(file.path(),
+                                 std::filesystem::path(fresh.data_dir) / file.path().filename());
+    }
+  }
   StartWith(fresh);
   EXPECT_EQ(supervisor_->log().Begin(), 0u);
   EXPECT_GE(supervisor_->log().End(), written);
@@ -472,7 +396,7 @@ TEST(SupervisorLogOptionsTest, EtcdEndpointsAreHttpsUrlsWithPorts) {
   }
 }
 
-TEST(SupervisorLogOptionsTest, EtcdBackendWithoutEndpointsOrWithTrimmingIsRefused) {
+TEST(SupervisorLogOptionsTest, EtcdBackendWithoutEndpointsOrWithBadClusterOptionsIsRefused) {
   fp::testing::TempDir dir;
   prometheus::Registry registry;
   SupervisorOptions options;
@@ -482,10 +406,20 @@ TEST(SupervisorLogOptionsTest, EtcdBackendWithoutEndpointsOrWithTrimmingIsRefuse
   EXPECT_EQ(no_endpoints.code(), StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(no_endpoints.message()), HasSubstr("etcd-endpoints"));
   options.etcd.client.endpoints = {{"127.0.0.1", 2379}};
-  options.log_retention_records = 10;
-  const Status trimming = Supervisor::Start(options, registry).status();
-  EXPECT_EQ(trimming.code(), StatusCode::kInvalidArgument);
-  EXPECT_THAT(std::string(trimming.message()), HasSubstr("log-retention-records"));
+  const auto refused = [&](SupervisorOptions bad, const char* why) {
+    const Status status = Supervisor::Start(bad, registry).status();
+    EXPECT_EQ(status.code(), StatusCode::kInvalidArgument) << why;
+    EXPECT_THAT(std::string(status.message()), HasSubstr(why));
+  };
+  SupervisorOptions bad = options;
+  bad.leader_ttl = std::chrono::milliseconds(1500);  // leases have whole seconds
+  refused(bad, "leader-ttl-ms");
+  bad = options;
+  bad.leader_margin = std::chrono::milliseconds(4000);  // not below 2/3 of the 5 s TTL
+  refused(bad, "leader-margin-ms");
+  bad = options;
+  bad.tls_name = "supervisor/0";  // a member's name is a key component in etcd
+  refused(bad, "tls-name");
   EXPECT_FALSE(std::filesystem::exists(options.data_dir));  // refused before touching storage
 }
 

@@ -10,6 +10,8 @@
 #include <fmt/format.h>
 
 #include "common/leaf/step_leaf.h"
+#include "common/tlog/checkpoint.h"
+#include "common/tlog/cosignature.h"
 #include "common/wire/envelope.h"
 #include "supervisor/state/comparator.h"
 #include "supervisor/state/session_request.h"
@@ -66,6 +68,11 @@ class Applier::Run {
   Status ApplyCheckpointRequest();
   Status ApplyWorkerReleased(const pb::WorkerReleased& released);
   Status ApplyPlacementExpired(const pb::PlacementExpired& expired);
+  Status ApplyCosignerJoined(const pb::CosignerJoined& joined);
+  Status ApplyCosignature(const pb::Cosignature& cosignature);
+  // Why a cosignature cannot be stored (empty: it can, and `key_id` is its cosigner's key ID),
+  // judged against the registered cosigners and the checkpoint body this applier recorded.
+  StatusOr<std::string> CosignatureProblem(const pb::Cosignature& cosignature, uint32_t& key_id);
   // The session (not terminal) starts waiting for placement now, unless it already waits.
   void EnterWaiting(pb::SessionState& session);
 
@@ -200,6 +207,10 @@ Status Applier::Run::ApplyEntry(const LogEntry& entry) {
       return ApplyWorkerReleased(record.worker_released());
     case pb::LogRecord::kPlacementExpired:
       return ApplyPlacementExpired(record.placement_expired());
+    case pb::LogRecord::kCosignerJoined:
+      return ApplyCosignerJoined(record.cosigner_joined());
+    case pb::LogRecord::kCosignature:
+      return ApplyCosignature(record.cosignature());
     case pb::LogRecord::BODY_NOT_SET:
       break;
   }
@@ -255,9 +266,15 @@ Status Applier::Run::ApplyAssign(const pb::Assign& assign) {
   } else if (assign.replica() >= static_cast<uint32_t>(session->replicas_size())) {
     problem = "no such replica";
   } else if (!session->replicas(assign.replica()).worker_id().empty() ||
-             session->replicas(assign.replica()).epoch() != assign.epoch()) {
-    problem = "replica is placed or the epoch is stale";
-  } else if (worker == nullptr || worker->phase() != pb::WorkerState::PHASE_ACTIVE) {
+             session->replicas(assign.replica()).epoch() != assign.epoch() ||
+             session->replicas(assign.replica()).placement_attempts() != assign.attempt()) {
+    problem = "replica is placed, or the epoch or the attempt is stale";
+  }
+  if (!problem.empty()) {
+    Reject("assign " + Short(id) + ": " + problem);
+    return OkStatus();
+  }
+  if (worker == nullptr || worker->phase() != pb::WorkerState::PHASE_ACTIVE) {
     problem = "worker is unknown or not active";
   } else if (worker->replicas_size() >= static_cast<int>(worker->registration().max_replicas())) {
     problem = "worker is full";
@@ -276,11 +293,15 @@ Status Applier::Run::ApplyAssign(const pb::Assign& assign) {
       problem = "worker's numerics profile differs from the session's other replicas";
     }
   }
+  pb::ReplicaState& replica = *session->mutable_replicas(assign.replica());
   if (!problem.empty()) {
+    // The leader decided on a view this record no longer fits: the replica moves to its next
+    // placement attempt, whose Assign has a key of its own.
+    replica.set_placement_attempts(replica.placement_attempts() + 1);
+    MarkSession(id);
     Reject("assign " + Short(id) + ": " + problem);
     return OkStatus();
   }
-  pb::ReplicaState& replica = *session->mutable_replicas(assign.replica());
   replica.set_worker_id(assign.worker_id());
   worker->add_replicas(ReplicaRef(id, assign.replica()));
   const bool all_placed =
@@ -782,6 +803,145 @@ Status Applier::Run::ApplyPlacementExpired(const pb::PlacementExpired& expired) 
   ++effects_.placement_timeouts;
   MarkSession(id);
   Progressed(id);
+  return OkStatus();
+}
+
+namespace {
+
+// Why a CosignerJoined cannot register its cosigner in `set` (empty: it can); sets `rejoin` when
+// the same cosigner is registered already with the same keys (a restart after its idempotency
+// key was trimmed), which changes nothing.
+std::string JoinProblem(const pb::CosignerJoined& joined, const pb::CosignerSet& set,
+                        bool& rejoin) {
+  StatusOr<tlog::CosignatureVerifier> cosigner =
+      tlog::CosignatureVerifier::Parse(joined.cosigner_key());
+  if (!cosigner.ok()) return "bad cosigner key: " + std::string(cosigner.status().message());
+  if (cosigner->name() != joined.name()) {
+    return fmt::format("the cosigner key is named '{}', not '{}'", cosigner->name(), joined.name());
+  }
+  StatusOr<tlog::NoteVerifier> ledger = tlog::NoteVerifier::Parse(joined.ledger_key());
+  if (!ledger.ok()) return "bad ledger key: " + std::string(ledger.status().message());
+  if (!set.ledger_key().empty() && set.ledger_key() != ledger->ToString()) {
+    return fmt::format("its ledger key {} differs from the cluster's {}", ledger->ToString(),
+                       set.ledger_key());
+  }
+  for (const pb::CosignerState& member : set.members()) {
+    if (member.name() != joined.name()) continue;
+    if (member.cosigner_key() == cosigner->ToString()) {
+      rejoin = true;
+      return "";
+    }
+    return fmt::format("'{}' is registered with another cosigner key ({})", joined.name(),
+                       member.cosigner_key());
+  }
+  if (static_cast<size_t>(set.members_size()) >= kMaxCosigners) {
+    return fmt::format("the cluster has {} cosigners already", kMaxCosigners);
+  }
+  return "";
+}
+
+}  // namespace
+
+Status Applier::Run::ApplyCosignerJoined(const pb::CosignerJoined& joined) {
+  FP_ASSIGN_OR_RETURN(std::optional<pb::CosignerSet> stored,
+                      txn_.GetMessage<pb::CosignerSet>(kMeta, kMetaCosigners));
+  pb::CosignerSet set = stored.value_or(pb::CosignerSet());
+  bool rejoin = false;
+  if (std::string problem = JoinProblem(joined, set, rejoin); !problem.empty()) {
+    Reject(fmt::format("cosigner {} joins: {}", joined.name(), problem));
+    return OkStatus();
+  }
+  if (rejoin) return OkStatus();
+  // Keys are stored in their canonical form, so comparisons are of equal strings.
+  if (set.ledger_key().empty()) {
+    set.set_ledger_key(tlog::NoteVerifier::Parse(joined.ledger_key())->ToString());
+  }
+  pb::CosignerState member;
+  member.set_name(joined.name());
+  member.set_cosigner_key(tlog::CosignatureVerifier::Parse(joined.cosigner_key())->ToString());
+  member.set_position(position_);
+  member.set_joined_unix_ms(clock_ms_);
+  // Inserted in name order (the iterator is taken after Add, which may reallocate).
+  auto* members = set.mutable_members();
+  const std::string name = member.name();
+  members->Add(std::move(member));
+  const auto at = std::find_if(members->begin(), members->end() - 1,
+                               [&](const pb::CosignerState& other) { return other.name() > name; });
+  std::rotate(at, members->end() - 1, members->end());
+  txn_.PutMessage(kMeta, kMetaCosigners, set);
+  return OkStatus();
+}
+
+StatusOr<std::string> Applier::Run::CosignatureProblem(const pb::Cosignature& cosignature,
+                                                       uint32_t& key_id) {
+  FP_ASSIGN_OR_RETURN(std::optional<pb::CosignerSet> set,
+                      txn_.GetMessage<pb::CosignerSet>(kMeta, kMetaCosigners));
+  if (!set.has_value()) return std::string("unknown cosigner");
+  const pb::CosignerState* member = nullptr;
+  for (const pb::CosignerState& candidate : set->members()) {
+    if (candidate.name() == cosignature.name()) member = &candidate;
+  }
+  if (member == nullptr) return std::string("unknown cosigner");
+  FP_ASSIGN_OR_RETURN(
+      std::optional<pb::CheckpointBody> body,
+      txn_.GetMessage<pb::CheckpointBody>(kCheckpoints, U64Key(cosignature.size())));
+  if (!body.has_value()) return std::string("no checkpoint of that size");
+  if (cosignature.signature().size() != kEd25519SignatureSize) {
+    return std::string("malformed signature");
+  }
+  // Stored keys were validated when their member joined: a parse failure is corrupt storage.
+  StatusOr<tlog::NoteVerifier> ledger = tlog::NoteVerifier::Parse(set->ledger_key());
+  StatusOr<tlog::CosignatureVerifier> key =
+      tlog::CosignatureVerifier::Parse(member->cosigner_key());
+  if (!ledger.ok() || !key.ok()) return DataLossError("stored cosigner keys do not parse");
+  FP_ASSIGN_OR_RETURN(Hash root, ParseHash(body->root()));
+  // The body this applier recorded, not a signed note: a supervisor may apply a cosignature of a
+  // checkpoint that it has not signed itself yet.
+  FP_ASSIGN_OR_RETURN(std::string text,
+                      tlog::FormatCheckpoint({ledger->name(), cosignature.size(), root, {}}));
+  Bytes blob;
+  AppendU64(blob, cosignature.timestamp());
+  blob.insert(blob.end(), cosignature.signature().begin(), cosignature.signature().end());
+  if (key->Verify(text, blob) != std::optional<uint64_t>(cosignature.timestamp())) {
+    return std::string("the signature does not verify");
+  }
+  key_id = key->key_id();
+  return std::string();
+}
+
+Status Applier::Run::ApplyCosignature(const pb::Cosignature& cosignature) {
+  uint32_t key_id = 0;
+  FP_ASSIGN_OR_RETURN(std::string problem, CosignatureProblem(cosignature, key_id));
+  const std::string key = U64Key(cosignature.size());
+  FP_ASSIGN_OR_RETURN(std::optional<pb::CheckpointCosignatures> stored,
+                      txn_.GetMessage<pb::CheckpointCosignatures>(kCosignatures, key));
+  pb::CheckpointCosignatures all = stored.value_or(pb::CheckpointCosignatures());
+  auto* list = all.mutable_cosignatures();
+  const auto found = std::find_if(
+      list->begin(), list->end(),
+      [&](const pb::StoredCosignature& other) { return other.name() == cosignature.name(); });
+  if (problem.empty() && found != list->end()) {
+    problem = "a cosignature of this cosigner is stored already";
+  }
+  if (!problem.empty()) {
+    ++effects_.cosignatures_rejected;
+    Reject(fmt::format("cosignature of checkpoint {} by {}: {}", cosignature.size(),
+                       cosignature.name(), problem));
+    return OkStatus();
+  }
+  pb::StoredCosignature entry;
+  entry.set_name(cosignature.name());
+  entry.set_key_id(key_id);
+  entry.set_timestamp(cosignature.timestamp());
+  entry.set_signature(cosignature.signature());
+  entry.set_position(position_);
+  list->Add(std::move(entry));
+  const auto at = std::find_if(
+      list->begin(), list->end() - 1,
+      [&](const pb::StoredCosignature& other) { return other.name() > cosignature.name(); });
+  std::rotate(at, list->end() - 1, list->end());
+  txn_.PutMessage(kCosignatures, key, all);
+  ++effects_.cosignatures_applied;
   return OkStatus();
 }
 

@@ -28,6 +28,7 @@
 #include <vector>
 
 #include "common/merkle/merkle.h"
+#include "common/tlog/note.h"
 #include "supervisor/log/log.h"
 #include "supervisor/state/state.pb.h"
 #include "supervisor/state/state_store.h"
@@ -39,6 +40,10 @@ namespace fp::supervisor {
 inline constexpr size_t kMaxReportedRejections = 16;
 // Bytes of an operator's release note kept in the worker's state.
 inline constexpr size_t kMaxReleaseReasonBytes = 256;
+// Registered cosigners: a served checkpoint carries the ledger's signature and one line per
+// cosigner, and a note holds at most tlog::kMaxNoteSignatures lines.
+inline constexpr size_t kMaxCosigners = 15;
+static_assert(kMaxCosigners + 1 <= tlog::kMaxNoteSignatures);
 
 struct ApplierOptions {
   // A worker whose divergences (all sessions) reach this many is quarantined.
@@ -64,7 +69,9 @@ struct Effects {
   uint64_t leaves = 0;  // leaves appended to session trees
   uint64_t divergences = 0;
   uint64_t verified_sessions = 0;
-  bool checkpoint = false;  // a checkpoint body was taken
+  bool checkpoint = false;             // a checkpoint body was taken
+  uint64_t cosignatures_applied = 0;   // Cosignature records verified and stored
+  uint64_t cosignatures_rejected = 0;  // Cosignature records rejected (also in `rejected`)
 };
 
 class Applier {

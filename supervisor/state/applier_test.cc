@@ -3,10 +3,14 @@
 // records. Expected roots and hashes come from a naive RFC 6962 implementation in this file.
 #include "supervisor/state/applier.h"
 
+#include <optional>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
 #include "common/base/bytes.h"
+#include "common/tlog/cosignature.h"
+#include "common/tlog/note.h"
 #include "supervisor/state/placement.h"
 #include "supervisor/state/state_txn.h"
 #include "tests/testutil/status_matchers.h"
@@ -44,6 +48,24 @@ Hash NaiveRoot(std::span<const Hash> leaves) {
 std::string Str(const Hash& hash) { return std::string(hash.begin(), hash.end()); }
 
 constexpr uint32_t kMaxTokens = 64;
+constexpr std::string_view kOrigin = "applier.test/ledger";
+
+tlog::NoteSigner LedgerKey(uint8_t seed) {
+  auto key = tlog::NoteSigner::FromSeed(kOrigin, Bytes(32, seed));
+  FP_CHECK_OK(key);
+  return std::move(key).value();
+}
+
+tlog::Cosigner CosignerKey(const std::string& name, uint8_t seed) {
+  auto key = tlog::Cosigner::FromSeed(name, Bytes(32, seed));
+  FP_CHECK_OK(key);
+  return std::move(key).value();
+}
+
+// C2SP checkpoint text written out: origin, decimal size, base64 root, each ending in "\n".
+std::string CheckpointText(uint64_t size, const Hash& root) {
+  return std::string(kOrigin) + "\n" + std::to_string(size) + "\n" + Base64Encode(root) + "\n";
+}
 
 class ApplierTest : public ::testing::Test {
  protected:
@@ -62,6 +84,7 @@ class ApplierTest : public ::testing::Test {
   }
 
   Effects Apply(const pb::LogRecord& record) {
+    history_.push_back(record);
     LogEntry entry{applier_->applied(), record};
     auto effects = applier_->Apply(std::span<const LogEntry>(&entry, 1));
     FP_CHECK_OK(effects);
@@ -101,15 +124,28 @@ class ApplierTest : public ::testing::Test {
     return record;
   }
 
-  Effects Assign(const std::string& session, uint32_t replica, uint32_t worker,
-                 uint64_t epoch = 0) {
+  // An Assign for the replica's current placement attempt (as the leader's placement writes it),
+  // or for `attempt`.
+  Effects Assign(const std::string& session, uint32_t replica, uint32_t worker, uint64_t epoch = 0,
+                 std::optional<uint32_t> attempt = std::nullopt) {
     pb::LogRecord record;
     pb::Assign* assign = record.mutable_assign();
     assign->set_session_id(session);
     assign->set_replica(replica);
     assign->set_epoch(epoch);
     assign->set_worker_id(Worker(worker));
+    assign->set_attempt(attempt.value_or(PlacementAttempts(session, replica)));
     return Apply(record);
+  }
+
+  uint32_t PlacementAttempts(const std::string& session, uint32_t replica) {
+    DbStateReader reader(store_.get());
+    auto state = reader.GetMessage<pb::SessionState>(kSessions, session);
+    FP_CHECK_OK(state);
+    if (!state->has_value() || replica >= static_cast<uint32_t>((*state)->replicas_size())) {
+      return 0;
+    }
+    return (*state)->replicas(replica).placement_attempts();
   }
 
   // A running session with replica i on worker i.
@@ -168,9 +204,63 @@ class ApplierTest : public ::testing::Test {
     return **value;
   }
 
+  static pb::LogRecord Joined(const tlog::Cosigner& cosigner, const tlog::NoteSigner& ledger) {
+    pb::LogRecord record;
+    pb::CosignerJoined* joined = record.mutable_cosigner_joined();
+    joined->set_name(cosigner.name());
+    joined->set_cosigner_key(cosigner.Verifier().ToString());
+    joined->set_ledger_key(ledger.Verifier().ToString());
+    return record;
+  }
+
+  // `cosigner`'s cosignature of `text`, recorded as a cosignature of checkpoint `size`.
+  static pb::LogRecord Cosigned(const tlog::Cosigner& cosigner, uint64_t size,
+                                const std::string& text, uint64_t timestamp = 1700) {
+    auto cosignature = cosigner.Cosign(text, timestamp);
+    FP_CHECK_OK(cosignature);
+    pb::LogRecord record;
+    pb::Cosignature* out = record.mutable_cosignature();
+    out->set_size(size);
+    out->set_name(cosignature->name);
+    out->set_timestamp(cosignature->timestamp);
+    out->set_signature(std::string(cosignature->signature.begin(), cosignature->signature.end()));
+    return record;
+  }
+
+  // A checkpoint of the empty ledger (size 0) and one of the anchor set's entry (size 1); returns
+  // their roots, computed here.
+  std::pair<Hash, Hash> TwoCheckpoints() {
+    pb::LogRecord request;
+    request.mutable_checkpoint_request();
+    Apply(request);
+    Register(0);
+    Apply(AdmitRecord(Session(40), 1));
+    Apply(request);
+    const std::string entry = *DbStateReader(store_.get()).Get(kLedger, LedgerEntryKey(0)).value();
+    Bytes leaf = {0x00};
+    leaf.insert(leaf.end(), entry.begin(), entry.end());
+    return {Sha256(Bytes{}), Sha256(leaf)};  // RFC 6962: MTH({}) and a one-leaf tree
+  }
+
+  pb::CosignerSet Cosigners() { return Read<pb::CosignerSet>(kMeta, std::string(kMetaCosigners)); }
+
+  // Every key and value of every family, in order.
+  static std::vector<std::string> Dump(const RocksStore& store) {
+    std::vector<std::string> dump;
+    for (size_t family = 0; family < kFamilyCount; ++family) {
+      std::unique_ptr<rocksdb::Iterator> it = store.NewIterator(family);
+      for (it->SeekToFirst(); it->Valid(); it->Next()) {
+        dump.push_back(std::to_string(family) + ":" + it->key().ToString() + "=" +
+                       it->value().ToString());
+      }
+    }
+    return dump;
+  }
+
   fp::testing::TempDir dir_;
   std::unique_ptr<RocksStore> store_;
   std::unique_ptr<Applier> applier_;
+  std::vector<pb::LogRecord> history_;  // every record Apply applied, in order
 };
 
 TEST_F(ApplierTest, AgreeingReplicasVerifyTheSessionAndLedgerIt) {
@@ -480,7 +570,142 @@ TEST_F(ApplierTest, StateAndPositionSurviveReopen) {
   EXPECT_EQ(State(s).verified_steps(), 3u);
 }
 
+TEST_F(ApplierTest, CosignersJoinSortedByNameUnderTheFirstLedgerKey) {
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  const tlog::Cosigner b = CosignerKey("supervisor-b", 2);
+  const tlog::Cosigner a = CosignerKey("supervisor-a", 3);
+  EXPECT_EQ(Apply(Joined(b, ledger)).rejected, 0u);
+  EXPECT_EQ(Apply(Joined(a, ledger)).rejected, 0u);
+  // A restart whose idempotency key was trimmed appends the same join again: nothing changes.
+  EXPECT_EQ(Apply(Joined(a, ledger)).rejected, 0u);
+  const pb::CosignerSet set = Cosigners();
+  EXPECT_EQ(set.ledger_key(), ledger.Verifier().ToString());
+  ASSERT_EQ(set.members_size(), 2);
+  EXPECT_EQ(set.members(0).name(), "supervisor-a");
+  EXPECT_EQ(set.members(0).cosigner_key(), a.Verifier().ToString());
+  EXPECT_EQ(set.members(1).name(), "supervisor-b");
+  EXPECT_EQ(set.members(1).position(), 0u);
+}
+
+TEST_F(ApplierTest, ValidCosignatureIsStoredAgainstTheRecordedBody) {
+  const auto [empty_root, one_root] = TwoCheckpoints();
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  const tlog::Cosigner a = CosignerKey("supervisor-a", 3);
+  const tlog::Cosigner b = CosignerKey("supervisor-b", 2);
+  Apply(Joined(a, ledger));
+  Apply(Joined(b, ledger));
+  // Applied in the order b, a: stored sorted by name.
+  Effects first = Apply(Cosigned(b, 1, CheckpointText(1, one_root), 1700));
+  EXPECT_EQ(first.cosignatures_applied, 1u);
+  EXPECT_EQ(first.rejected, 0u);
+  EXPECT_EQ(Apply(Cosigned(a, 1, CheckpointText(1, one_root), 1800)).cosignatures_applied, 1u);
+  EXPECT_EQ(Apply(Cosigned(a, 0, CheckpointText(0, empty_root))).cosignatures_applied, 1u);
+  const auto stored = Read<pb::CheckpointCosignatures>(kCosignatures, U64Key(1));
+  ASSERT_EQ(stored.cosignatures_size(), 2);
+  EXPECT_EQ(stored.cosignatures(0).name(), "supervisor-a");
+  EXPECT_EQ(stored.cosignatures(0).timestamp(), 1800u);
+  EXPECT_EQ(stored.cosignatures(0).key_id(), a.Verifier().key_id());
+  EXPECT_EQ(stored.cosignatures(1).name(), "supervisor-b");
+  // The stored signature is the spec's message signed by b's key, checked with a raw key.
+  const std::string message = "cosignature/v1\ntime 1700\n" + CheckpointText(1, one_root);
+  auto raw = Ed25519PublicKey::FromRaw(b.Verifier().public_key());
+  ASSERT_OK(raw);
+  EXPECT_TRUE(raw->Verify(AsBytes(message), AsBytes(stored.cosignatures(1).signature())));
+}
+
+TEST_F(ApplierTest, TwoAppliersFedTheSameRecordsStoreTheSameBytes) {
+  fp::testing::TempDir other_dir;
+  auto other_store = OpenStateStore(other_dir.Join("state"));
+  ASSERT_OK(other_store);
+  auto other = Applier::Open(other_store->get(), ApplierOptions{});
+  ASSERT_OK(other);
+  const auto [empty_root, one_root] = TwoCheckpoints();
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  const tlog::Cosigner a = CosignerKey("supervisor-a", 3);
+  const tlog::Cosigner stranger = CosignerKey("stranger", 9);
+  std::vector<pb::LogRecord> records = {Joined(a, ledger),
+                                        Joined(CosignerKey("other-ledger", 4), LedgerKey(5)),
+                                        Cosigned(a, 1, CheckpointText(1, one_root)),
+                                        Cosigned(a, 1, CheckpointText(1, one_root)),
+                                        Cosigned(stranger, 1, CheckpointText(1, one_root)),
+                                        Cosigned(a, 0, CheckpointText(1, one_root))};
+  uint64_t rejected = 0;
+  for (const pb::LogRecord& record : records) rejected += Apply(record).rejected;
+  EXPECT_EQ(rejected, 4u);
+  // The second applier gets the same log in one group.
+  std::vector<LogEntry> log;
+  for (const pb::LogRecord& record : history_) log.push_back(LogEntry{log.size(), record});
+  ASSERT_OK_AND_ASSIGN(Effects effects, (*other)->Apply(log));
+  EXPECT_EQ(effects.rejected, 4u);
+  EXPECT_EQ(effects.cosignatures_applied, 1u);
+  EXPECT_EQ(effects.cosignatures_rejected, 3u);
+  EXPECT_EQ(Dump(*store_), Dump(**other_store));
+}
+
 // ---- Error paths: rejected records change nothing. ----
+
+TEST_F(ApplierTest, JoinsWithAnotherLedgerKeyOrCosignerKeyAreRejected) {
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  const tlog::Cosigner a = CosignerKey("supervisor-a", 3);
+  Apply(Joined(a, ledger));
+  EXPECT_EQ(Apply(Joined(CosignerKey("supervisor-b", 2), LedgerKey(7))).rejected, 1u);
+  EXPECT_EQ(Apply(Joined(CosignerKey("supervisor-a", 8), ledger)).rejected, 1u);
+  pb::LogRecord misnamed = Joined(a, ledger);
+  misnamed.mutable_cosigner_joined()->set_name("supervisor-c");
+  EXPECT_EQ(Apply(misnamed).rejected, 1u);
+  pb::LogRecord garbled = Joined(CosignerKey("supervisor-d", 4), ledger);
+  garbled.mutable_cosigner_joined()->set_cosigner_key("supervisor-d+00000000+AAAA");
+  EXPECT_EQ(Apply(garbled).rejected, 1u);
+  pb::LogRecord no_ledger = Joined(CosignerKey("supervisor-e", 5), ledger);
+  no_ledger.mutable_cosigner_joined()->set_ledger_key(a.Verifier().ToString());
+  EXPECT_EQ(Apply(no_ledger).rejected, 1u);
+  const pb::CosignerSet set = Cosigners();
+  ASSERT_EQ(set.members_size(), 1);
+  EXPECT_EQ(set.members(0).cosigner_key(), a.Verifier().ToString());
+}
+
+TEST_F(ApplierTest, JoinsBeyondTheCosignerLimitAreRejected) {
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  for (size_t i = 0; i < kMaxCosigners; ++i) {
+    ASSERT_EQ(
+        Apply(Joined(CosignerKey("s" + std::to_string(i), static_cast<uint8_t>(10 + i)), ledger))
+            .rejected,
+        0u);
+  }
+  EXPECT_EQ(Apply(Joined(CosignerKey("one-too-many", 99), ledger)).rejected, 1u);
+  EXPECT_EQ(Cosigners().members_size(), static_cast<int>(kMaxCosigners));
+}
+
+TEST_F(ApplierTest, BadUnknownMisplacedAndDuplicateCosignaturesAreRejectedAndCounted) {
+  const auto [empty_root, one_root] = TwoCheckpoints();
+  const tlog::NoteSigner ledger = LedgerKey(1);
+  const tlog::Cosigner a = CosignerKey("supervisor-a", 3);
+  Apply(Joined(a, ledger));
+  const std::string text = CheckpointText(1, one_root);
+  auto rejected = [&](const pb::LogRecord& record) {
+    const Effects effects = Apply(record);
+    return effects.rejected == 1 && effects.cosignatures_rejected == 1 &&
+           effects.cosignatures_applied == 0;
+  };
+  pb::LogRecord forged = Cosigned(a, 1, text);
+  (*forged.mutable_cosignature()->mutable_signature())[5] ^= 1;
+  EXPECT_TRUE(rejected(forged));
+  pb::LogRecord retimed = Cosigned(a, 1, text, 1700);
+  retimed.mutable_cosignature()->set_timestamp(1701);  // the signature covers the time
+  EXPECT_TRUE(rejected(retimed));
+  EXPECT_TRUE(rejected(Cosigned(CosignerKey("stranger", 9), 1, text)));  // never joined
+  EXPECT_TRUE(rejected(Cosigned(a, 0, text)));  // size 1's cosignature, filed as size 0's
+  EXPECT_TRUE(rejected(Cosigned(a, 7, CheckpointText(7, one_root))));  // no such checkpoint
+  pb::LogRecord short_signature = Cosigned(a, 1, text);
+  short_signature.mutable_cosignature()->mutable_signature()->pop_back();
+  EXPECT_TRUE(rejected(short_signature));
+  DbStateReader reader(store_.get());
+  EXPECT_FALSE(reader.Get(kCosignatures, U64Key(1)).value().has_value());
+  EXPECT_FALSE(reader.Get(kCosignatures, U64Key(0)).value().has_value());
+  EXPECT_EQ(Apply(Cosigned(a, 1, text)).cosignatures_applied, 1u);
+  EXPECT_TRUE(rejected(Cosigned(a, 1, text, 1900)));  // a second one of the same cosigner
+  EXPECT_EQ(Read<pb::CheckpointCosignatures>(kCosignatures, U64Key(1)).cosignatures_size(), 1);
+}
 
 TEST_F(ApplierTest, LeavesForAnUnknownSessionAreRejected) {
   Register(0);
@@ -511,8 +736,33 @@ TEST_F(ApplierTest, BadAdmitsAndAssignsAreRejected) {
   EXPECT_EQ(Assign(Session(12), 0, 7).rejected, 1u);           // unknown worker
   EXPECT_EQ(Assign(Session(12), 1, 0).rejected, 1u);           // no such replica
   EXPECT_EQ(Assign(Session(12), 0, 0, 5).rejected, 1u);        // wrong epoch
+  EXPECT_EQ(Assign(Session(12), 0, 0, 0, 0).rejected, 1u);     // a past attempt
   EXPECT_EQ(Assign(Session(12), 0, 0).rejected, 0u);
   EXPECT_EQ(Assign(Session(12), 0, 0).rejected, 1u);  // already placed
+}
+
+TEST_F(ApplierTest, RejectedAssignMovesTheReplicaToAFreshlyKeyedAttempt) {
+  Register(0);
+  Register(1);
+  Apply(AdmitRecord(Session(13), 2));
+  ASSERT_EQ(Assign(Session(13), 0, 0).rejected, 0u);
+  // The leader's view had worker 0 free for replica 1 too; the applied state says otherwise.
+  pb::LogRecord rejected;
+  *rejected.mutable_assign() = pb::Assign();
+  rejected.mutable_assign()->set_session_id(Session(13));
+  rejected.mutable_assign()->set_replica(1);
+  rejected.mutable_assign()->set_worker_id(Worker(0));
+  EXPECT_EQ(Apply(rejected).rejected, 1u);
+  EXPECT_EQ(State(Session(13)).replicas(1).placement_attempts(), 1u);
+
+  pb::LogRecord next = rejected;
+  next.mutable_assign()->set_worker_id(Worker(1));
+  next.mutable_assign()->set_attempt(1);
+  EXPECT_NE(IdempotencyKey(rejected), IdempotencyKey(next));
+  EXPECT_EQ(Apply(next).rejected, 0u);
+  const pb::SessionState state = State(Session(13));
+  EXPECT_EQ(state.replicas(1).worker_id(), Worker(1));
+  EXPECT_EQ(state.phase(), pb::SESSION_PHASE_RUNNING);
 }
 
 }  // namespace

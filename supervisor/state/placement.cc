@@ -90,6 +90,7 @@ StatusOr<std::vector<pb::LogRecord>> PlanPlacement(const RocksStore& store,
       assign->set_replica(index);
       assign->set_epoch(replica.epoch());
       assign->set_worker_id(worker_id);
+      assign->set_attempt(replica.placement_attempts());
     }
   }
   FP_RETURN_IF_ERROR(FromRocks(it->status(), "scan waiting sessions"));

@@ -8,9 +8,9 @@ namespace fp::supervisor {
 const std::vector<std::string>& StateFamilyNames() {
   static const std::vector<std::string> kNames = {
       "meta",   "sessions",    "leaves",  "trees",   "divergences", "orders",
-      "ledger", "checkpoints", "workers", "waiting", "signed",
+      "ledger", "checkpoints", "workers", "waiting", "signed",      "cosignatures",
   };
-  static_assert(kFamilyCount == 11, "one name per Family");
+  static_assert(kFamilyCount == 12, "one name per Family");
   return kNames;
 }
 

@@ -6,9 +6,11 @@
 //                "ledger"            -> LedgerFrontier
 //                "checkpoint"        -> size of the last checkpoint body (BE64)
 //                "phases"            -> PhaseCounts
+//                "cosigners"         -> CosignerSet (the cluster's ledger key and cosigners)
 //   sessions     session (16)        -> SessionState
-//   leaves       session replica(BE32) step(BE64)         -> leaf hash (32) token (BE32) digest
-//   (32) trees        session replica(BE32) level(1) index(BE64) -> node hash (32), levels >= 1
+//   leaves       session replica(BE32) chunk(BE64) -> up to 16 leaves, each leaf hash (32)
+//                                      token (BE32) state digest (32)
+//   trees        session replica(BE32) level(1) index(BE64) -> node hash (32), levels >= 4
 //   divergences  session seq(BE32)   -> Divergence
 //   orders       session replica(BE32) -> Order (the replica's latest order)
 //   ledger       'e' index(BE64)     -> LedgerEntry (deterministic protobuf bytes)
@@ -19,10 +21,13 @@
 //   workers      worker id (UTF-8)   -> WorkerState
 //   waiting      session (16)        -> "" while some replica of the session waits for placement
 //   signed       size(BE64)          -> signed checkpoint note (C2SP text)
+//   cosignatures size(BE64)          -> CheckpointCosignatures (verified, sorted by name)
 //
 // Every family but `signed` is written only by the applier, in one WriteBatch per applied group
-// of records, together with meta "applied". `signed` is written by the checkpoint signer, since
-// its bytes depend on this supervisor's key.
+// of records, together with meta "applied". `signed` is written by the checkpoint signer, after
+// the body is committed and checked against the stored ledger (and only on a supervisor whose
+// ledger key the cluster accepted); its cosignatures travel through the log, so they are applied
+// state in `cosignatures`.
 //
 // Thread-safety: as RocksStore; readers may read while the applier writes and see each applied
 // group entirely or not at all.
@@ -56,6 +61,7 @@ enum Family : size_t {
   kWorkers,
   kWaiting,
   kSigned,
+  kCosignatures,
   kFamilyCount,
 };
 
@@ -74,6 +80,7 @@ inline constexpr std::string_view kMetaClock = "clock";
 inline constexpr std::string_view kMetaLedger = "ledger";
 inline constexpr std::string_view kMetaCheckpoint = "checkpoint";
 inline constexpr std::string_view kMetaPhases = "phases";
+inline constexpr std::string_view kMetaCosigners = "cosigners";
 
 // Size of a stored leaf value: leaf hash, token id, state digest.
 inline constexpr size_t kLeafValueSize = kHashSize + 4 + kHashSize;
