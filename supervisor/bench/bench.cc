@@ -1,17 +1,14 @@
 // Supervisor load benchmarks; see bench.h.
 #include "supervisor/bench/bench.h"
 
-#include <algorithm>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <random>
 #include <thread>
 
 #include <boost/json.hpp>
 #include <fmt/format.h>
 #include <prometheus/registry.h>
-#include <pthread.h>
 #include <stdlib.h>
 
 #include "common/base/log.h"
@@ -19,7 +16,7 @@
 #include "common/cli.h"
 #include "common/leaf/session_id.h"
 #include "common/wire/certs.h"
-#include "common/wire/tls.h"
+#include "supervisor/bench/bench_util.h"
 #include "supervisor/bench/bench_worker.h"
 #include "supervisor/log/rocksdb_log.h"
 #include "supervisor/net/http_client.h"
@@ -50,29 +47,6 @@ struct BenchArgs {
   uint32_t steps = 1024;  // proofs: steps per session
 };
 
-std::string CpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.starts_with("model name")) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  const size_t index = std::min(values.size() - 1, static_cast<size_t>(q * values.size()));
-  return values[index];
-}
-
-double CounterValue(const prometheus::Registry& registry, const std::string& name) {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name == name && !family.metric.empty()) return family.metric[0].counter.value;
-  }
-  return 0;
-}
-
 // A supervisor on a temporary data directory with simulated workers connected over mTLS.
 class BenchCluster {
  public:
@@ -82,7 +56,7 @@ class BenchCluster {
     FP_ASSIGN_OR_RETURN(temp_, ScopedTempDir::Create("fieldprint-bench"));
     wire::CertsOptions certs;
     certs.names = {"supervisor-0"};
-    for (uint32_t w = 0; w < args.workers; ++w) certs.names.push_back(fmt::format("bench-{}", w));
+    for (uint32_t w = 0; w < args.workers; ++w) certs.names.push_back(BenchFleet::WorkerName(w));
     FP_RETURN_IF_ERROR(wire::InitCerts((temp_->path() / "certs").string(), certs));
     SupervisorOptions options;
     options.data_dir = (temp_->path() / "data").string();
@@ -94,24 +68,12 @@ class BenchCluster {
     options.defaults.max_unverified_steps = static_cast<uint32_t>(max_unverified_steps);
     options.defaults.models["bench"] = {std::string(32, 'n'), std::string(32, '\0')};
     FP_ASSIGN_OR_RETURN(supervisor_, Supervisor::Start(options, registry_));
-    work_.emplace(boost::asio::make_work_guard(io_));
-    client_thread_ = std::thread([this] {
-      pthread_setname_np(pthread_self(), "fp-bench-client");
-      io_.run();
-    });
-    for (uint32_t w = 0; w < args.workers; ++w) {
-      const std::string name = fmt::format("bench-{}", w);
-      FP_ASSIGN_OR_RETURN(auto tls, wire::MakeClientTlsContext(wire::TlsFilesForNode(
-                                        (temp_->path() / "certs").string(), name)));
-      BenchWorkerOptions worker;
-      worker.port = supervisor_->worker_port();
-      worker.batch_steps = args.batch_steps;
-      worker.max_in_flight = args.in_flight;
-      worker.model = "bench";
-      tls_.push_back(std::move(tls));
-      workers_.push_back(std::make_unique<BenchWorker>(io_, *tls_.back(), worker));
-      workers_.back()->Start();
-    }
+    BenchWorkerOptions worker;
+    worker.port = supervisor_->worker_port();
+    worker.batch_steps = args.batch_steps;
+    worker.max_in_flight = args.in_flight;
+    FP_RETURN_IF_ERROR(
+        workers_.Start(options.certs_dir, std::vector<BenchWorkerOptions>(args.workers, worker)));
     http_ = std::make_unique<HttpClient>("127.0.0.1", supervisor_->http_port());
     return OkStatus();
   }
@@ -135,44 +97,14 @@ class BenchCluster {
     return ids;
   }
 
-  uint64_t AckedLeaves() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->acked_leaves();
-    return total;
-  }
-  uint64_t VerifiedSessions() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->verified_sessions();
-    return total;
-  }
-  uint64_t Errors() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->errors();
-    return total;
-  }
-  std::vector<double> Latencies(Clock::time_point from, Clock::time_point to) const {
-    std::vector<double> values;
-    for (const auto& worker : workers_) {
-      for (const auto& [latency, at] : worker->LatencySamples()) {
-        if (at >= from && at < to) values.push_back(latency);
-      }
-    }
-    return values;
-  }
-  void StopWorkers() {
-    for (auto& worker : workers_) worker->Stop();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    work_.reset();
-    io_.stop();
-    if (client_thread_.joinable()) client_thread_.join();
-  }
   void Stop() {
-    StopWorkers();
+    workers_.StopWorkers();
     if (supervisor_ != nullptr) supervisor_->Drain().IgnoreError();
     supervisor_.reset();
     temp_.reset();
   }
 
+  BenchFleet& workers() { return workers_; }
   Supervisor& supervisor() { return *supervisor_; }
   const prometheus::Registry& registry() const { return registry_; }
   HttpClient& http() { return *http_; }
@@ -181,26 +113,13 @@ class BenchCluster {
   std::unique_ptr<ScopedTempDir> temp_;  // certificates and the supervisor's data
   prometheus::Registry registry_;
   std::unique_ptr<Supervisor> supervisor_;
-  boost::asio::io_context io_;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
-  std::thread client_thread_;
-  std::vector<std::unique_ptr<boost::asio::ssl::context>> tls_;
-  std::vector<std::unique_ptr<BenchWorker>> workers_;
+  BenchFleet workers_;
   std::unique_ptr<HttpClient> http_;
 };
-
-void Sleep(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
 
 void PrintTable(const std::vector<std::pair<std::string, std::string>>& rows) {
   for (const auto& [name, value] : rows)
     std::fprintf(stderr, "%-34s %s\n", name.c_str(), value.c_str());
-}
-
-double LoadAverage() {
-  std::ifstream loadavg("/proc/loadavg");
-  double one_minute = 0;
-  loadavg >> one_minute;
-  return one_minute;
 }
 
 // The baseline, measured in the same run on the same disk: appends one at a time, each waiting
@@ -246,17 +165,17 @@ Status RunIngest(const BenchArgs& args) {
   Sleep(args.warmup_seconds);
   const std::string applied_metric = "fieldprint_supervisor_leaves_applied_total";
   const auto t0 = Clock::now();
-  const uint64_t acked0 = cluster.AckedLeaves();
+  const uint64_t acked0 = cluster.workers().AckedLeaves();
   const double applied0 = CounterValue(cluster.registry(), applied_metric);
   Sleep(args.seconds);
   const auto t1 = Clock::now();
-  const uint64_t acked1 = cluster.AckedLeaves();
+  const uint64_t acked1 = cluster.workers().AckedLeaves();
   const double applied1 = CounterValue(cluster.registry(), applied_metric);
   const uint64_t lag = cluster.supervisor().log().End() - cluster.supervisor().applied();
-  const uint64_t errors = cluster.Errors();
-  cluster.StopWorkers();
+  const uint64_t errors = cluster.workers().Errors();
+  cluster.workers().StopWorkers();
   const double elapsed = std::chrono::duration<double>(t1 - t0).count();
-  std::vector<double> latencies = cluster.Latencies(t0, t1);
+  std::vector<double> latencies = cluster.workers().Latencies(t0, t1);
   result["benchmark"] = "supervisor_ingest";
   result["baseline_sequential_synced_appends_per_second"] = sequential;
   result["baseline_leaves_per_second"] = sequential * args.batch_steps;
@@ -325,11 +244,12 @@ Status RunProofs(const BenchArgs& args) {
   FP_RETURN_IF_ERROR(cluster.Start(args, 4096));
   FP_ASSIGN_OR_RETURN(std::vector<std::string> ids, cluster.Submit(args.sessions, args.steps));
   const auto setup_deadline = Clock::now() + std::chrono::minutes(5);
-  while (cluster.VerifiedSessions() < static_cast<uint64_t>(args.sessions) * args.replicas) {
+  while (cluster.workers().VerifiedSessions() <
+         static_cast<uint64_t>(args.sessions) * args.replicas) {
     if (Clock::now() > setup_deadline) return DeadlineExceededError("sessions did not verify");
     Sleep(0.05);
   }
-  cluster.StopWorkers();
+  cluster.workers().StopWorkers();
   const uint16_t port = cluster.supervisor().http_port();
   const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                            std::chrono::duration<double>(args.seconds));

@@ -1,10 +1,12 @@
-// BenchWorker; see bench_worker.h.
+// BenchWorker and BenchFleet; see bench_worker.h.
 #include "supervisor/bench/bench_worker.h"
 
 #include <fmt/format.h>
+#include <pthread.h>
 
 #include "common/base/bytes.h"
 #include "common/leaf/step_leaf.h"
+#include "common/wire/tls.h"
 
 namespace fp::supervisor {
 namespace {
@@ -259,6 +261,68 @@ void BenchWorker::Pump() {
       progress |= SendBatch(task);
     }
   }
+}
+
+BenchFleet::~BenchFleet() { StopWorkers(); }
+
+std::string BenchFleet::WorkerName(size_t w) { return fmt::format("bench-{}", w); }
+
+Status BenchFleet::Start(const std::string& certs_dir,
+                         const std::vector<BenchWorkerOptions>& workers) {
+  FP_CHECK(!work_.has_value());
+  FP_CHECK(workers_.empty());
+  work_.emplace(boost::asio::make_work_guard(io_));
+  client_thread_ = std::thread([this] {
+    pthread_setname_np(pthread_self(), "fp-bench-client");
+    io_.run();
+  });
+  for (size_t w = 0; w < workers.size(); ++w) {
+    FP_ASSIGN_OR_RETURN(
+        auto tls, wire::MakeClientTlsContext(wire::TlsFilesForNode(certs_dir, WorkerName(w))));
+    tls_.push_back(std::move(tls));
+    workers_.push_back(std::make_unique<BenchWorker>(io_, *tls_.back(), workers[w]));
+    workers_.back()->Start();
+  }
+  return OkStatus();
+}
+
+uint64_t BenchFleet::Sum(uint64_t (BenchWorker::*counter)() const) const {
+  uint64_t total = 0;
+  for (const auto& worker : workers_) total += (*worker.*counter)();
+  return total;
+}
+
+uint64_t BenchFleet::AckedLeaves() const { return Sum(&BenchWorker::acked_leaves); }
+uint64_t BenchFleet::VerifiedSessions() const { return Sum(&BenchWorker::verified_sessions); }
+uint64_t BenchFleet::Errors() const { return Sum(&BenchWorker::errors); }
+uint64_t BenchFleet::Refused() const { return Sum(&BenchWorker::refused); }
+
+std::string BenchFleet::FirstError() const {
+  for (const auto& worker : workers_) {
+    if (std::string error = worker->first_error(); !error.empty()) return error;
+  }
+  return "";
+}
+
+std::vector<double> BenchFleet::Latencies(Clock::time_point from, Clock::time_point to) const {
+  FP_CHECK(!client_thread_.joinable());
+  std::vector<double> values;
+  for (const auto& worker : workers_) {
+    for (const auto& [latency, at] : worker->LatencySamples()) {
+      if (at >= from && at < to) values.push_back(latency);
+    }
+  }
+  return values;
+}
+
+void BenchFleet::StopWorkers() {
+  if (!work_.has_value()) return;  // never started, or stopped already
+  for (auto& worker : workers_) worker->Stop();
+  // Stop() only posts each close: the client thread gets time to run them before it stops.
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  work_.reset();
+  io_.stop();
+  if (client_thread_.joinable()) client_thread_.join();
 }
 
 }  // namespace fp::supervisor

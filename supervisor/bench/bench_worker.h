@@ -9,9 +9,13 @@
 // Honest leaves of a session: token(step) = step % 32000, and the state digest holds the session
 // id and the step, so replicas agree without running a model.
 //
+// BenchFleet: the benchmarks' workers together, on one io_context that one client thread runs,
+// with the sums a report needs.
+//
 // Thread-safety: the worker's state lives on its connection's strand; the counters may be read
 // from any thread; LatencySamples() and Acks() only after Stop() and the io_context's threads are
-// done.
+// done. A BenchFleet is driven from one thread (Start, StopWorkers, Latencies); once Start() has
+// returned, its sums may be read from any thread.
 #pragma once
 
 #include <atomic>
@@ -20,12 +24,16 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ssl/context.hpp>
 
+#include "common/base/status.h"
 #include "common/merkle/merkle.h"
 #include "common/wire/connection.h"
 
@@ -117,6 +125,52 @@ class BenchWorker {
   std::atomic<bool> open_{false};
   mutable std::mutex error_mutex_;
   std::string first_error_;  // guarded by error_mutex_
+};
+
+// Simulated workers for a benchmark: owns them, their client TLS contexts, the io_context they
+// run on and the thread ("fp-bench-client") that runs it.
+class BenchFleet {
+ public:
+  BenchFleet() = default;
+  // Stops the workers (StopWorkers()).
+  ~BenchFleet();
+  BenchFleet(const BenchFleet&) = delete;
+  BenchFleet& operator=(const BenchFleet&) = delete;
+
+  // The certificate name of worker `w` ("bench-<w>"): the caller issues it under the certificate
+  // directory it passes to Start().
+  static std::string WorkerName(size_t w);
+
+  // Starts the client thread, then worker w for each workers[w], connecting with the client
+  // certificate of WorkerName(w) from `certs_dir`. Fails if a certificate cannot be loaded; the
+  // workers started until then run until StopWorkers() or destruction. Called once.
+  Status Start(const std::string& certs_dir, const std::vector<BenchWorkerOptions>& workers);
+
+  // Sums over the workers.
+  uint64_t AckedLeaves() const;
+  uint64_t VerifiedSessions() const;
+  uint64_t Errors() const;
+  uint64_t Refused() const;
+  // The first worker's first error with one ("" while none).
+  std::string FirstError() const;
+  // Send-to-Ack latencies in seconds of the Acks received in [from, to). Only after
+  // StopWorkers(): the samples are read without the workers' strands.
+  std::vector<double> Latencies(std::chrono::steady_clock::time_point from,
+                                std::chrono::steady_clock::time_point to) const;
+
+  // Closes the workers' connections, waits 100 ms for the closes to run, then stops the
+  // io_context and joins the client thread. Does nothing before Start() or a second time.
+  void StopWorkers();
+
+ private:
+  // The sum of one counter over the workers.
+  uint64_t Sum(uint64_t (BenchWorker::*counter)() const) const;
+
+  boost::asio::io_context io_;
+  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
+  std::thread client_thread_;
+  std::vector<std::unique_ptr<boost::asio::ssl::context>> tls_;
+  std::vector<std::unique_ptr<BenchWorker>> workers_;  // workers_[w] uses *tls_[w]
 };
 
 }  // namespace fp::supervisor

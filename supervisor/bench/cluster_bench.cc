@@ -29,13 +29,12 @@
 #include <boost/json.hpp>
 #include <fmt/format.h>
 #include <prometheus/registry.h>
-#include <pthread.h>
 
 #include "common/base/log.h"
 #include "common/base/temp_dir.h"
 #include "common/tlog/note.h"
 #include "common/wire/certs.h"
-#include "common/wire/tls.h"
+#include "supervisor/bench/bench_util.h"
 #include "supervisor/bench/bench_worker.h"
 #include "supervisor/client/api_client.h"
 #include "supervisor/log/testing/etcd_cluster.h"
@@ -70,38 +69,6 @@ struct Args {
   bool one_writer = false;
 };
 
-double Percentile(std::vector<double> values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
-}
-
-double CounterValue(const prometheus::Registry& registry, const std::string& name) {
-  for (const prometheus::MetricFamily& family : registry.Collect()) {
-    if (family.name == name && !family.metric.empty()) return family.metric[0].counter.value;
-  }
-  return 0;
-}
-
-std::string CpuModel() {
-  std::ifstream cpuinfo("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(cpuinfo, line)) {
-    if (line.starts_with("model name")) return line.substr(line.find(':') + 2);
-  }
-  return "unknown";
-}
-
-// The machine's one-minute load average: the benchmark shares the machine with whatever runs.
-double LoadAverage() {
-  std::ifstream loadavg("/proc/loadavg");
-  double one_minute = 0;
-  loadavg >> one_minute;
-  return one_minute;
-}
-
-void Sleep(double seconds) { std::this_thread::sleep_for(std::chrono::duration<double>(seconds)); }
-
 // N in-process supervisors on one log (RocksDB for N = 1 without etcd, else etcd) with
 // simulated workers spread over them.
 class Fleet {
@@ -114,7 +81,7 @@ class Fleet {
     wire::CertsOptions names;
     names.names.clear();
     for (size_t s = 0; s < supervisors; ++s) names.names.push_back(SupervisorName(s));
-    for (uint32_t w = 0; w < args.workers; ++w) names.names.push_back(fmt::format("bench-{}", w));
+    for (uint32_t w = 0; w < args.workers; ++w) names.names.push_back(BenchFleet::WorkerName(w));
     FP_RETURN_IF_ERROR(wire::InitCerts(certs, names));
     FP_RETURN_IF_ERROR(ProvisionLedgerKey(supervisors));
     registries_.resize(supervisors);
@@ -124,26 +91,15 @@ class Fleet {
                           Supervisor::Start(Options(args, s, certs, etcd), *registries_[s]));
       supervisors_.push_back(std::move(supervisor));
     }
-    work_.emplace(boost::asio::make_work_guard(io_));
-    client_thread_ = std::thread([this] {
-      pthread_setname_np(pthread_self(), "fp-bench-client");
-      io_.run();
-    });
+    std::vector<BenchWorkerOptions> workers(args.workers);
     for (uint32_t w = 0; w < args.workers; ++w) {
       const size_t s = args.one_writer ? 0 : w % supervisors;
-      FP_ASSIGN_OR_RETURN(auto tls, wire::MakeClientTlsContext(
-                                        wire::TlsFilesForNode(certs, fmt::format("bench-{}", w))));
-      BenchWorkerOptions worker;
-      worker.port = supervisors_[s]->worker_port();
-      worker.server_name = SupervisorName(s);
-      worker.batch_steps = args.batch_steps;
-      worker.max_in_flight = args.in_flight;
-      worker.model = "bench";
-      tls_.push_back(std::move(tls));
-      workers_.push_back(std::make_unique<BenchWorker>(io_, *tls_.back(), worker));
-      workers_.back()->Start();
+      workers[w].port = supervisors_[s]->worker_port();
+      workers[w].server_name = SupervisorName(s);
+      workers[w].batch_steps = args.batch_steps;
+      workers[w].max_in_flight = args.in_flight;
     }
-    return OkStatus();
+    return workers_.Start(certs, workers);
   }
 
   // Through a failover client over every supervisor, each session under an Idempotency-Key: a
@@ -169,27 +125,6 @@ class Fleet {
     return OkStatus();
   }
 
-  uint64_t AckedLeaves() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->acked_leaves();
-    return total;
-  }
-  uint64_t Errors() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->errors();
-    return total;
-  }
-  uint64_t Refused() const {
-    uint64_t total = 0;
-    for (const auto& worker : workers_) total += worker->refused();
-    return total;
-  }
-  std::string FirstError() const {
-    for (const auto& worker : workers_) {
-      if (std::string error = worker->first_error(); !error.empty()) return error;
-    }
-    return "";
-  }
   // Leadership terms the supervisors learned of (a change during the measurement explains a
   // latency outlier).
   double LeaderChanges() const {
@@ -216,29 +151,14 @@ class Fleet {
     }
     return lag;
   }
-  // Only after StopWorkers(): the samples are read without the workers' strands.
-  std::vector<double> Latencies(Clock::time_point from, Clock::time_point to) const {
-    std::vector<double> values;
-    for (const auto& worker : workers_) {
-      for (const auto& [latency, at] : worker->LatencySamples()) {
-        if (at >= from && at < to) values.push_back(latency);
-      }
-    }
-    return values;
-  }
-  void StopWorkers() {
-    for (auto& worker : workers_) worker->Stop();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    work_.reset();
-    io_.stop();
-    if (client_thread_.joinable()) client_thread_.join();
-  }
   void Stop() {
-    StopWorkers();
+    workers_.StopWorkers();
     for (auto& supervisor : supervisors_) supervisor->Drain().IgnoreError();
     supervisors_.clear();
     temp_.reset();
   }
+
+  BenchFleet& workers() { return workers_; }
 
  private:
   static std::string SupervisorName(size_t s) { return fmt::format("supervisor-{}", s); }
@@ -286,11 +206,7 @@ class Fleet {
   std::unique_ptr<ScopedTempDir> temp_;
   std::vector<std::unique_ptr<prometheus::Registry>> registries_;
   std::vector<std::unique_ptr<Supervisor>> supervisors_;
-  boost::asio::io_context io_;
-  std::optional<boost::asio::executor_work_guard<boost::asio::io_context::executor_type>> work_;
-  std::thread client_thread_;
-  std::vector<std::unique_ptr<boost::asio::ssl::context>> tls_;
-  std::vector<std::unique_ptr<BenchWorker>> workers_;
+  BenchFleet workers_;
 };
 
 // One configuration's measurement.
@@ -301,21 +217,21 @@ StatusOr<json::object> Measure(const Args& args, size_t supervisors,
   FP_RETURN_IF_ERROR(fleet.Submit(args.sessions));
   Sleep(args.warmup_seconds);
   const auto t0 = Clock::now();
-  const uint64_t acked0 = fleet.AckedLeaves();
+  const uint64_t acked0 = fleet.workers().AckedLeaves();
   const double applied0 = fleet.SlowestApplied();
   const double changes0 = fleet.LeaderChanges();
   const double load0 = LoadAverage();
   Sleep(args.seconds);
   const auto t1 = Clock::now();
-  const uint64_t acked1 = fleet.AckedLeaves();
+  const uint64_t acked1 = fleet.workers().AckedLeaves();
   const double applied1 = fleet.SlowestApplied();
   const uint64_t lag = fleet.MaxApplyLag();
   const double changes = fleet.LeaderChanges() - changes0;
-  const uint64_t errors = fleet.Errors();
-  const std::string first_error = fleet.FirstError();
-  fleet.StopWorkers();
+  const uint64_t errors = fleet.workers().Errors();
+  const std::string first_error = fleet.workers().FirstError();
+  fleet.workers().StopWorkers();
   const double elapsed = std::chrono::duration<double>(t1 - t0).count();
-  const std::vector<double> latencies = fleet.Latencies(t0, t1);
+  const std::vector<double> latencies = fleet.workers().Latencies(t0, t1);
   const double leaves = static_cast<double>(acked1 - acked0) / elapsed;
   json::object result;
   result["log"] = etcd != nullptr ? "etcd" : "rocksdb";
@@ -329,7 +245,7 @@ StatusOr<json::object> Measure(const Args& args, size_t supervisors,
   result["acks_sampled"] = latencies.size();
   result["max_apply_lag_records_at_end"] = lag;
   result["worker_errors"] = errors;
-  result["appends_failed_and_resent"] = fleet.Refused();
+  result["appends_failed_and_resent"] = fleet.workers().Refused();
   result["leader_changes"] = changes;
   result["load_average_1m_before"] = load0;
   result["load_average_1m_after"] = LoadAverage();

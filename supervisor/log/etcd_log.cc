@@ -433,12 +433,16 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
   // A term that ended here cannot have its records written, and they are not moved to a later
   // term: the new leader decides again from the applied state.
   if (group.fence != 0 && CurrentFence() != group.fence) {
-    RefuseFenced(group, group.sent ? fmt::format("leadership term {} ended while a txn carrying "
-                                                 "these records was in doubt (it may have landed)",
-                                                 group.fence)
-                                   : fmt::format("leadership term {} ended before its records "
-                                                 "were written",
-                                                 group.fence));
+    if (group.sent) {
+      // Not a refusal: the txn in doubt may have landed while the term lasted at etcd.
+      FailGroup(group, DeadlineExceededError(fmt::format(
+                           "leadership term {} ended while a txn carrying these records was in "
+                           "doubt; it may have been applied",
+                           group.fence)));
+    } else {
+      RefuseFenced(group, fmt::format("leadership term {} ended before its records were written",
+                                      group.fence));
+    }
     return TxnOutcome::kLost;
   }
   ++group.attempts;

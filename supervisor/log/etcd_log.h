@@ -88,9 +88,11 @@
 //   compare  <prefix>/leader.create_revision == token     (cluster::FencedTxn's fence)
 //   failure  range <prefix>/leader
 // so it can land only while that term lasts at etcd. When the fence fails (the failure branch
-// shows the key gone or another term's), or the term ended locally before a resend, the group's
-// records fail with FailedPrecondition ("not the leader") and are never retried: a new leader
-// decides afresh from the applied state. Records already stored under their idempotency key still
+// shows the key gone or another term's), or the term ended locally before the first send, the
+// group's records fail with FailedPrecondition ("not the leader") and are never retried: a new
+// leader decides afresh from the applied state. When the term ended locally while a sent txn was
+// in doubt, they fail with DeadlineExceeded instead (they may have landed) and are not retried
+// either. Records already stored under their idempotency key still
 // complete with their position. Unfenced records never wait for or depend on leadership.
 //
 // Deviations from RocksLog: the largest record is max_txn_bytes (etcd's --max-request-bytes

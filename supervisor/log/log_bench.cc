@@ -16,6 +16,7 @@
 #include <fmt/format.h>
 
 #include "common/base/temp_dir.h"
+#include "supervisor/bench/bench_util.h"
 #include "supervisor/log/etcd_log.h"
 #include "supervisor/log/rocksdb_log.h"
 #include "supervisor/log/testing/etcd_cluster.h"
@@ -59,12 +60,6 @@ pb::LogRecord Batch(uint32_t appender, uint64_t index, uint32_t leaves) {
   return record;
 }
 
-double Percentile(std::vector<double>& values, double q) {
-  if (values.empty()) return 0;
-  std::sort(values.begin(), values.end());
-  return values[std::min(values.size() - 1, static_cast<size_t>(q * values.size()))];
-}
-
 Result Measure(Log& log, const Args& args) {
   std::atomic<bool> stop{false};
   std::atomic<bool> measuring{false};
@@ -90,10 +85,10 @@ Result Measure(Log& log, const Args& args) {
       latencies_ms.insert(latencies_ms.end(), mine.begin(), mine.end());
     });
   }
-  std::this_thread::sleep_for(std::chrono::duration<double>(args.warmup_seconds));
+  Sleep(args.warmup_seconds);
   measuring = true;
   const auto start = SteadyClock::now();
-  std::this_thread::sleep_for(std::chrono::duration<double>(args.seconds));
+  Sleep(args.seconds);
   measuring = false;
   const double elapsed = std::chrono::duration<double>(SteadyClock::now() - start).count();
   stop = true;

@@ -78,7 +78,8 @@ void CheckAnswers(std::span<const ModelEntry> history, std::span<const AppendAns
         Add(violations, fmt::format("key {} was acknowledged at position {}, which holds {}", key,
                                     answer.position, Describe(entry)));
       }
-    } else if (found != position_of.end() && history[found->second].bytes == answer.bytes) {
+    } else if (found != position_of.end() && history[found->second].bytes == answer.bytes &&
+               history[found->second].term == answer.term) {
       Add(violations,
           fmt::format("key {} was refused but is in the log at position {}", key, found->second));
     }

@@ -28,13 +28,16 @@ struct AppendAnswer {
   bool acked = false;
   uint64_t position = 0;  // when acked
   bool leader_record = false;
+  // A leader record's term (kNoTerm for others): a refused proposal of one term and a newer
+  // term's own decision to write the same record are different writes.
+  uint64_t term = kNoTerm;
 };
 
 // Log invariants over the model's whole history (trimmed entries included):
 //   - every acknowledged record is in the log exactly once, at the acknowledged position;
 //   - no dedup key (idempotency key, or the backend-unique key of an unkeyed record) is in the
 //     log twice, so an indeterminate append landed at most once;
-//   - a refused record is not in the log;
+//   - a refused record is not in the log (for a leader record: not under the refused term);
 //   - leader records' terms never decrease: no stale term after a newer term's first record.
 std::vector<std::string> CheckLog(std::span<const ModelEntry> history,
                                   std::span<const AppendAnswer> answers);

@@ -24,7 +24,8 @@ class CheckLogTest : public ::testing::Test {
   }
   AppendAnswer Acked(uint64_t position) {
     const ModelEntry& entry = history_[position];
-    return AppendAnswer{entry.dedup_key, entry.bytes, true, position, entry.term != kNoTerm};
+    return AppendAnswer{entry.dedup_key, entry.bytes,           true,
+                        position,        entry.term != kNoTerm, entry.term};
   }
 
   std::vector<ModelEntry> history_;
@@ -83,6 +84,18 @@ TEST_F(CheckLogTest, RefusedRecordInTheLogIsReported) {
   Add(1, "a");
   AppendAnswer refused = Acked(0);
   refused.acked = false;
+  const std::vector<std::string> violations = CheckLog(history_, std::vector{refused});
+  ASSERT_EQ(violations.size(), 1u);
+  EXPECT_THAT(violations[0], HasSubstr("refused but is in the log at position 0"));
+}
+
+TEST_F(CheckLogTest, LeaderRecordRefusedInOneTermMayBeWrittenByTheNext) {
+  Add(1, "a", 2);  // the new leader's own decision, the same record
+  AppendAnswer refused = Acked(0);
+  refused.acked = false;
+  refused.term = 1;  // refused by the fence: term 1 was over
+  EXPECT_THAT(CheckLog(history_, std::vector{refused}), ::testing::IsEmpty());
+  refused.term = 2;  // refused, yet its own term wrote it
   const std::vector<std::string> violations = CheckLog(history_, std::vector{refused});
   ASSERT_EQ(violations.size(), 1u);
   EXPECT_THAT(violations[0], HasSubstr("refused but is in the log at position 0"));

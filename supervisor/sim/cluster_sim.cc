@@ -11,6 +11,7 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <tuple>
 
 #include <fmt/format.h>
 #include <unistd.h>
@@ -261,7 +262,8 @@ class Simulation final : public SimLogHost {
   // A worker's keyed records as first sent: a resend carries exactly these bytes.
   std::map<std::string, std::string> outbox_;
   std::vector<AppendAnswer> answers_;
-  std::map<std::pair<std::string, std::string>, std::pair<bool, uint64_t>> first_answer_;
+  // By (dedup key, bytes, term): one write's answers must agree.
+  std::map<std::tuple<std::string, std::string, uint64_t>, std::pair<bool, uint64_t>> first_answer_;
   std::map<uint64_t, uint64_t> ledger_at_;  // applied position -> ledger size, first seen
 
   std::vector<std::string> violations_;
@@ -606,11 +608,11 @@ void Simulation::OnReroute(uint64_t id) {
 void Simulation::OnAppendAnswer(const Message& answer) {
   Proposal& proposal = proposals_[answer.proposal];
   const bool acked = answer.code == StatusCode::kOk;
-  answers_.push_back(
-      AppendAnswer{answer.dedup_key, proposal.bytes, acked, answer.value, proposal.leader});
+  answers_.push_back(AppendAnswer{answer.dedup_key, proposal.bytes, acked, answer.value,
+                                  proposal.leader, proposal.term});
   const std::pair<bool, uint64_t> seen{acked, acked ? answer.value : 0};
   auto [first, inserted] =
-      first_answer_.emplace(std::make_pair(answer.dedup_key, proposal.bytes), seen);
+      first_answer_.emplace(std::make_tuple(answer.dedup_key, proposal.bytes, proposal.term), seen);
   if (!inserted && first->second != seen) {
     Violation(fmt::format("answers to #{} (key {}) disagree: {} {} then {} {}", answer.proposal,
                           ShortKey(answer.dedup_key), first->second.first ? "acked at" : "refused",

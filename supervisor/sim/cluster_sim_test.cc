@@ -28,8 +28,8 @@ namespace {
 using ::fp::testing::StatusIs;
 using ::testing::HasSubstr;
 
-// Seeds of the CI sweep: about 180 ms of CPU each, mostly RocksDB (docs/supervisor.md).
-constexpr uint64_t kSweepSeeds = 300;
+// Seeds of the CI sweep: about 55 ms of CPU each, mostly RocksDB (docs/supervisor.md).
+constexpr uint64_t kSweepSeeds = 2000;
 // The sweep's threads: the seeds are independent and CI machines have 2 cores.
 constexpr int kSweepThreads = 2;
 // Failing seeds reported in full before the sweep stops.

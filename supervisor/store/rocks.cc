@@ -5,9 +5,11 @@
 #include <filesystem>
 
 #include <fmt/format.h>
+#include <linux/magic.h>
 #include <rocksdb/env.h>
 #include <rocksdb/filter_policy.h>
 #include <rocksdb/table.h>
+#include <sys/vfs.h>
 
 namespace fp::supervisor {
 
@@ -58,6 +60,14 @@ StatusOr<std::unique_ptr<RocksStore>> RocksStore::Open(const std::string& path,
   db_options.max_background_jobs = 2;
   db_options.keep_log_file_num = 4;
   db_options.atomic_flush = options.without_wal;
+  // Table files are opened on the opening thread: the default starts up to 16 threads per column
+  // family at every open, which costs more than opening the few files a store holds.
+  db_options.max_file_opening_threads = 1;
+  // On tmpfs a preallocated WAL (1.1 write buffers) is memory committed and zeroed for nothing.
+  struct statfs fs {};
+  if (::statfs(path.c_str(), &fs) == 0 && fs.f_type == TMPFS_MAGIC) {
+    db_options.allow_fallocate = false;
+  }
 
   std::vector<std::string> existing;
   rocksdb::Status listed = rocksdb::DB::ListColumnFamilies(db_options, path, &existing);

@@ -246,10 +246,11 @@ TEST_F(PrometheusTest, QueriesAnswerWhatTheSessionsImply) {
   EXPECT_OK(WaitForValue("fieldprint_supervisor_leaves_ingested_total", leaves));
   EXPECT_OK(WaitForValue("fieldprint_supervisor_leaves_applied_total", leaves));
   EXPECT_OK(WaitForValue("sum(fieldprint_worker_tokens_generated_total)", leaves));
-  EXPECT_OK(
-      WaitForValue("sum(fieldprint_worker_leaf_batches_sent_total) - "
-                   "sum(fieldprint_worker_leaf_batches_acknowledged_total)",
-                   0));
+  // Nothing unacknowledged is left in any worker's outbox. (Sent minus acknowledged need not be
+  // 0: an Ack that arrives after the Commit that verified its session finds the replica's outbox
+  // already dropped and is not counted.)
+  EXPECT_OK(WaitForValue("sum(fieldprint_worker_outbox_batches)", 0));
+  EXPECT_OK(WaitForValue("sum(fieldprint_worker_leaf_batches_acknowledged_total) > bool 0", 1));
   EXPECT_OK(WaitForValue("fieldprint_supervisor_divergences_total", 0));
   EXPECT_OK(WaitForValue("fieldprint_supervisor_connected_workers", kWorkers));
   // The ledger holds the sessions (and the anchor set's record): a signed checkpoint covers
