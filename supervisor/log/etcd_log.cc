@@ -73,9 +73,9 @@ void EtcdLog::Pending::Complete(const StatusOr<uint64_t>& result) {
 struct EtcdLog::Group {
   std::vector<Pending*> live;  // not yet completed, in queue order
   bool sent = false;           // a txn carrying them may have been applied
-  int attempts = 0;
-  uint64_t end = 0;   // after kLost: the end etcd reported
-  int64_t fence = 0;  // the records' leadership term; 0: not fenced
+  int failed_attempts = 0;     // txns without an answer (a lost race is an answer)
+  uint64_t end = 0;            // after kLost: the end etcd reported
+  int64_t fence = 0;           // the records' leadership term; 0: not fenced
   Status last_error = UnavailableError("no txn sent");
 };
 
@@ -335,9 +335,10 @@ void EtcdLog::CommitGroup(std::vector<Pending>& pending, etcd::Client& client, u
       p->Complete(group.sent ? DeadlineExceededError(message) : UnavailableError(message));
     }
     if (group.live.empty()) break;
-    if (group.attempts >= kMaxEtcdAppendAttempts) {
-      FailGroup(group, UnavailableError(fmt::format("etcd log: no position after {} txns ({})",
-                                                    group.attempts, group.last_error.ToString())));
+    if (group.failed_attempts >= kMaxEtcdAppendAttempts) {
+      FailGroup(group,
+                UnavailableError(fmt::format("etcd log: {} txns failed ({})", group.failed_attempts,
+                                             group.last_error.ToString())));
       break;
     }
     const TxnOutcome outcome = TryTxn(group, client, q);
@@ -445,7 +446,6 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
     }
     return TxnOutcome::kLost;
   }
-  ++group.attempts;
   const size_t k = group.live.size();
   etcd::TxnRequest request;
   request.compares.push_back({LogKey(q), Compare::Target::kCreate, Compare::Result::kEqual, 0, ""});
@@ -492,12 +492,14 @@ EtcdLog::TxnOutcome EtcdLog::TryTxn(Group& group, etcd::Client& client, uint64_t
     }
     // Indeterminate: resend the same txn (the next endpoint; the compares make it write once).
     group.sent = true;
+    ++group.failed_attempts;
     group.last_error = response.status();
     {
       std::lock_guard lock(mutex_);
       ++stats_.retries;
     }
-    const auto pause = std::min(kMaxRetryPause, std::chrono::milliseconds(5 * group.attempts));
+    const auto pause =
+        std::min(kMaxRetryPause, std::chrono::milliseconds(5 * group.failed_attempts));
     std::this_thread::sleep_until(std::min(earliest, SteadyClock::now() + pause));
     return TxnOutcome::kResend;
   }

@@ -59,7 +59,7 @@
 //
 // With several supervisors appending (the normal cluster case), a pipelined writer also keeps a
 // txn claiming the current end in flight nearly all the time, so an unpipelined writer on another
-// supervisor loses almost every race and can run out of attempts (seen in tests): pipeline
+// supervisor loses almost every race until its append deadline (seen in tests): pipeline
 // either every writer of a prefix or none.
 //
 // Reads. A poller thread follows the log in position order with linearizable range reads
@@ -128,8 +128,9 @@ namespace fp::supervisor {
 // Appends queued and not yet written; more are refused with Unavailable (backpressure).
 inline constexpr size_t kMaxEtcdPendingAppends = 1 << 16;
 inline constexpr size_t kMaxEtcdPendingBytes = size_t{256} << 20;
-// Txns tried for one group before its appends fail with Unavailable (lost races and transport
-// failures together; the append deadline usually ends the attempts first).
+// Txns of one group that may fail in transport before its appends fail with Unavailable (the
+// append deadline usually ends them first). Lost races do not count: another writer's records
+// landed, so the log made progress; only the append deadline bounds them.
 inline constexpr int kMaxEtcdAppendAttempts = 64;
 // Records asked for in one range read (halved while a reply exceeds the client's response limit).
 inline constexpr int64_t kMaxEtcdRangeRecords = 1024;
