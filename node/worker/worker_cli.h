@@ -41,8 +41,8 @@ struct WorkerFlags {
   uint32_t max_replicas = 32;
   uint32_t window_steps = 16;
   int64_t window_ms = 50;
-  int64_t heartbeat_ms = 5'000;
-  int64_t read_timeout_ms = 30'000;
+  int64_t heartbeat_ms = 1'000;
+  int64_t read_timeout_ms = 10'000;
   int64_t reconnect_initial_ms = 100;
   int64_t reconnect_max_ms = 5'000;
   size_t outbox_max_batches = 4096;

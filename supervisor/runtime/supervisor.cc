@@ -539,6 +539,11 @@ void Supervisor::LeaderLoop() {
     if (members_ != nullptr && now - last_publish_ >= options_.member_publish_interval) {
       PublishMember();
       last_publish_ = now;
+    } else if (members_ != nullptr && now - last_probe_ >= kLogProbeInterval) {
+      // Between publications, a quorum read tells whether etcd is still reachable.
+      StatusOr<uint64_t> end = log_->ReadEnd();
+      SetLogReachable(end.ok() ? OkStatus() : end.status());
+      last_probe_ = now;
     }
     if (now - last_gauges_ >= std::chrono::seconds(1)) {
       UpdateGauges();  // every member's own view, leading or not
@@ -658,19 +663,9 @@ void Supervisor::PublishMember() {
       return Fail(flushed.WithContext("flush the state before publishing the applied position"));
     }
   }
-  if (Status published = members_->Publish(options_.tls_name, applied); !published.ok()) {
-    // Cut off from etcd: nothing this member is sent can become durable, so its workers go to
-    // another member until a publication succeeds again.
-    LogWarn("supervisor", "publishing the applied position failed; refusing workers",
-            {{"error", published}});
-    log_reachable_.store(false);
-    workers_->SetLogReachable(false);
-    return;
-  }
-  if (!log_reachable_.exchange(true)) {
-    LogInfo("supervisor", "etcd is reachable again; accepting workers", {});
-  }
-  workers_->SetLogReachable(true);
+  const Status published = members_->Publish(options_.tls_name, applied);
+  SetLogReachable(published);
+  if (!published.ok()) return;
   StatusOr<std::map<std::string, uint64_t>> members = members_->List();
   if (!members.ok()) {
     LogWarn("supervisor", "reading the member table failed", {{"error", members.status()}});
@@ -683,6 +678,19 @@ void Supervisor::PublishMember() {
   metrics_->slowest_member_lag.Set(static_cast<double>(end > slowest ? end - slowest : 0));
   std::lock_guard lock(mutex_);
   known_members_ = std::move(members).value();
+}
+
+void Supervisor::SetLogReachable(const Status& probe) {
+  if (!probe.ok()) {
+    // Cut off from etcd: nothing this member is sent can become durable, so its workers go to
+    // another member until etcd answers again.
+    if (log_reachable_.exchange(false)) {
+      LogWarn("supervisor", "etcd is unreachable; refusing workers", {{"error", probe}});
+    }
+  } else if (!log_reachable_.exchange(true)) {
+    LogInfo("supervisor", "etcd is reachable again; accepting workers", {});
+  }
+  workers_->SetLogReachable(probe.ok());
 }
 
 bool Supervisor::RegisteredWithinGrace(const std::string& worker_id) {

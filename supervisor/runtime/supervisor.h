@@ -76,6 +76,8 @@ inline constexpr size_t kMaxApplyGroup = 512;
 inline constexpr uint32_t kMaxIoThreads = 64;
 // PlacementExpired records the leader proposes per round.
 inline constexpr size_t kMaxPlacementExpiriesPerRound = 256;
+// How often a cluster member checks, between its publications, that etcd answers (a quorum read).
+inline constexpr std::chrono::milliseconds kLogProbeInterval{1000};
 // Snapshots (GET /v1/admin/snapshot) being sent at once; more are refused with Unavailable.
 inline constexpr int kMaxOpenSnapshots = 2;
 // Folder of the data directory where snapshots are built (emptied at start).
@@ -199,6 +201,9 @@ class Supervisor {
   void StepDown(const char* why);
   // Flushes the state and publishes this member's applied position; refreshes the member table.
   void PublishMember();
+  // Follows a publication's or probe's outcome: while etcd does not answer, workers are refused
+  // and /readyz fails.
+  void SetLogReachable(const Status& probe);
   // Whether the worker's latest registration was applied within the grace period.
   bool RegisteredWithinGrace(const std::string& worker_id);
   void LeaderRound(std::chrono::steady_clock::time_point now);
@@ -259,6 +264,7 @@ class Supervisor {
   int64_t seen_term_ = 0;     // the last term this member knew of (leader changes)
   uint64_t catch_up_to_ = 0;  // the log's end when the term was won
   std::chrono::steady_clock::time_point last_publish_{};
+  std::chrono::steady_clock::time_point last_probe_{};
   std::chrono::steady_clock::time_point last_gauges_{};
   std::chrono::steady_clock::time_point last_tick_{};
   std::chrono::steady_clock::time_point last_slow_round_{};
