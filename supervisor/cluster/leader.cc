@@ -171,6 +171,17 @@ void LeaderElection::CampaignLoop() {
     }
     Status status;
     const SteadyClock::time_point now = SteadyClock::now();
+    if (options_.healthy && !options_.healthy()) {
+      {
+        std::lock_guard lock(mutex_);
+        if (leading_) EndTermLocked("this process cannot do the leader's work");
+        lease_ = 0;
+      }
+      if (lease != 0) campaign_client_->LeaseRevoke(lease).IgnoreError();  // else it expires
+      std::unique_lock lock(mutex_);
+      changed_.wait_for(lock, options_.poll_interval, [&] { return stopping_; });
+      continue;
+    }
     if (lease == 0) {
       StatusOr<etcd::Lease> granted = campaign_client_->LeaseGrant(options_.ttl.count());
       status = granted.status();

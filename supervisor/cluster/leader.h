@@ -28,6 +28,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -56,6 +57,12 @@ struct LeaderOptions {
   // (a keepalive is sent at ttl/3, so a term survives one lost keepalive).
   std::chrono::milliseconds safety_margin{1000};
   std::chrono::milliseconds poll_interval{200};  // followers re-campaign this often
+  // Whether this process can do its leader's work now (e.g. its leader thread is not stuck).
+  // Consulted on every round of the campaign thread: while false the candidate does not
+  // campaign, and a leader ends its term and revokes its lease, so that a member that can lead
+  // takes over instead of a live lease held by a process that does nothing. Optional;
+  // thread-safe; must not block.
+  std::function<bool()> healthy;
 };
 
 // What a candidate knows about the leadership.

@@ -4,6 +4,7 @@
 // and generous (the machine is shared): they check order and outcome, not speed.
 #include "supervisor/cluster/leader.h"
 
+#include <atomic>
 #include <thread>
 
 #include <fmt/format.h>
@@ -197,6 +198,29 @@ TEST_F(LeaderElectionTest, CleanResignHandsOverBeforeTheTtl) {
   ASSERT_OK(b->WaitForLeadership(kPatience).status());
   EXPECT_LT(SteadyClock::now() - resigned_at, slow.ttl);
   EXPECT_THAT(a->WaitForLeadership(milliseconds(10)), StatusIs(StatusCode::kCancelled));
+}
+
+TEST_F(LeaderElectionTest, UnhealthyLeaderGivesUpItsLeaseAndDoesNotCampaign) {
+  std::atomic<bool> a_healthy{true};
+  LeaderOptions unhealthy = Options("a", 0);
+  unhealthy.ttl = std::chrono::seconds(30);  // only giving the lease up hands over in time
+  unhealthy.safety_margin = milliseconds(5000);
+  unhealthy.healthy = [&] { return a_healthy.load(); };
+  auto a = Start(unhealthy);
+  ASSERT_OK(a->WaitForLeadership(kPatience).status());
+  LeaderOptions other = Options("b", 1);
+  other.ttl = unhealthy.ttl;
+  other.safety_margin = unhealthy.safety_margin;
+  auto b = Start(other);
+  ASSERT_TRUE(Eventually([&] { return b->View().leader == "a"; }));
+  const auto stuck_at = SteadyClock::now();
+  a_healthy.store(false);  // say, its leader thread is stuck
+  ASSERT_OK(b->WaitForLeadership(kPatience).status());
+  EXPECT_LT(SteadyClock::now() - stuck_at, unhealthy.ttl);
+  EXPECT_FALSE(a->IsLeader());
+  a_healthy.store(true);  // healthy again: a follower like any other
+  b->Resign();
+  ASSERT_OK(a->WaitForLeadership(kPatience).status());
 }
 
 TEST_F(LeaderElectionTest, FencedTxnOfTheLeaderRunsTheCallersTxn) {

@@ -360,6 +360,13 @@ Status Supervisor::OpenLog() {
       leader.ttl = std::chrono::duration_cast<std::chrono::seconds>(options_.leader_ttl);
       leader.safety_margin = options_.leader_margin;
       leader.poll_interval = options_.leader_poll_interval;
+      // A leader thread that has not come round for half a TTL (stuck on storage, etcd, ...)
+      // gives the term up rather than hold a lease for a leader that does nothing.
+      leader.healthy = [this] {
+        const auto silent = Clock::now().time_since_epoch() -
+                            Clock::duration(leader_thread_alive_.load(std::memory_order_relaxed));
+        return silent < options_.leader_ttl / 2;
+      };
       StatusOr<std::unique_ptr<cluster::LeaderElection>> election =
           cluster::LeaderElection::Start(leader);
       if (!election.ok()) return election.status().WithContext("start the leader election");
@@ -530,6 +537,7 @@ void Supervisor::AppendInBackground(pb::LogRecord record) {
 
 void Supervisor::LeaderLoop() {
   while (true) {
+    leader_thread_alive_.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
     {
       std::unique_lock lock(mutex_);
       changed_.wait_for(lock, options_.placement_interval, [&] { return stop_leader_; });
@@ -550,6 +558,11 @@ void Supervisor::LeaderLoop() {
       last_gauges_ = now;
     }
     if (FollowLeadership(now)) LeaderRound(now);
+    const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - now);
+    if (took >= kSlowLeaderRound) {
+      LogWarn("supervisor", "leader thread round was slow",
+              {{"ms", took.count()}, {"leading", leading_.load()}});
+    }
   }
 }
 

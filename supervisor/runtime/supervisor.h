@@ -76,6 +76,8 @@ inline constexpr size_t kMaxApplyGroup = 512;
 inline constexpr uint32_t kMaxIoThreads = 64;
 // PlacementExpired records the leader proposes per round.
 inline constexpr size_t kMaxPlacementExpiriesPerRound = 256;
+// A leader thread round that takes this long is logged (with whether it was leading).
+inline constexpr std::chrono::milliseconds kSlowLeaderRound{1000};
 // How often a cluster member checks, between its publications, that etcd answers (a quorum read).
 inline constexpr std::chrono::milliseconds kLogProbeInterval{1000};
 // Snapshots (GET /v1/admin/snapshot) being sent at once; more are refused with Unavailable.
@@ -233,6 +235,9 @@ class Supervisor {
   std::atomic<bool> leading_{false};
   // False while this member's publications to etcd fail (see PublishMember).
   std::atomic<bool> log_reachable_{true};
+  // When the leader thread last came round (steady clock ticks): LeaderOptions::healthy.
+  std::atomic<std::chrono::steady_clock::rep> leader_thread_alive_{
+      std::chrono::steady_clock::now().time_since_epoch().count()};
   std::atomic<int> open_snapshots_{0};
   std::atomic<uint64_t> snapshot_sequence_{0};
 

@@ -50,11 +50,11 @@ Status Inject(SupervisorCluster& cluster, FaultKind kind, const std::vector<size
       return cluster.Pause(victims[0]);
     case FaultKind::kIsolateLeader:
     case FaultKind::kSplit:
-      for (size_t victim : victims) cluster.SetEtcdLink(victim, ProxyMode::kBlackhole);
+      for (size_t victim : victims)
+        FP_RETURN_IF_ERROR(cluster.SetLink(victim, ProxyMode::kBlackhole));
       return OkStatus();
     case FaultKind::kResetLeader:
-      cluster.SetEtcdLink(victims[0], ProxyMode::kReject);
-      return OkStatus();
+      return cluster.SetLink(victims[0], ProxyMode::kReject);
     case FaultKind::kFullDisk:
       return cluster.FillDisk(victims[0]);
     case FaultKind::kKillEtcd:
@@ -75,7 +75,7 @@ Status Heal(SupervisorCluster& cluster, FaultKind kind, const std::vector<size_t
     case FaultKind::kIsolateLeader:
     case FaultKind::kResetLeader:
     case FaultKind::kSplit:
-      for (size_t victim : victims) cluster.SetEtcdLink(victim, ProxyMode::kPass);
+      for (size_t victim : victims) FP_RETURN_IF_ERROR(cluster.SetLink(victim, ProxyMode::kPass));
       return OkStatus();
     case FaultKind::kFullDisk:
       FP_RETURN_IF_ERROR(cluster.FreeDisk(victims[0]));
@@ -238,6 +238,10 @@ bool CampaignReport::ok() const {
                                          [](const FaultResult& f) { return f.problem.empty(); });
 }
 
+std::chrono::milliseconds RecoveryTimeoutFor(NetworkMode mode, milliseconds timeout) {
+  return mode == NetworkMode::kNetns ? std::max(timeout, kNetnsRecoveryTimeout) : timeout;
+}
+
 StatusOr<CampaignReport> RunCampaign(SupervisorCluster& cluster, const CampaignOptions& options) {
   FP_CHECK(!options.kinds.empty());
   FP_CHECK(options.max_faults >= 1 && options.max_faults <= kMaxCampaignFaults);
@@ -250,6 +254,7 @@ StatusOr<CampaignReport> RunCampaign(SupervisorCluster& cluster, const CampaignO
   load.Start();
   CampaignReport report;
   report.disk_fault_mode = DiskFaultModeName(cluster.disk_fault_mode());
+  report.network_mode = NetworkModeName(cluster.network_mode());
   size_t etcd_kills = 0;
   for (size_t i = 0; i < options.max_faults; ++i) {
     if (options.duration.count() > 0 && Clock::now() - start >= options.duration) break;
@@ -273,6 +278,7 @@ json::object CampaignJson(const CampaignReport& report) {
   out["ok"] = report.ok();
   out["seconds"] = report.seconds;
   out["disk_fault_mode"] = report.disk_fault_mode;
+  out["network_mode"] = report.network_mode;
   const ConvergenceReport& c = report.convergence;
   out["writes"] = report.writes;
   out["acknowledged_checked"] = c.acknowledged;
@@ -350,10 +356,10 @@ std::string CampaignTable(const CampaignReport& report) {
       "admitted everywhere, the rest nowhere), rejected {}\n"
       "checkpoints seen {}, consistency proofs {}, final checkpoint size {} cosigned by {}, "
       "reference runs {}\n"
-      "disk faults: {}; violations: {}\n",
+      "network: {}; disk faults: {}; violations: {}\n",
       report.writes, c.acknowledged, c.indeterminate, c.indeterminate_admitted, c.rejected,
       c.checkpoints_observed, c.consistency_proofs, c.final_checkpoint_size, c.cosigners,
-      c.reference_checked, report.disk_fault_mode, c.violations.size());
+      c.reference_checked, report.network_mode, report.disk_fault_mode, c.violations.size());
   for (const FaultResult& fault : report.faults) {
     if (!fault.problem.empty()) {
       text += fmt::format("problem: {} on {}: {}\n", FaultKindName(fault.kind), fault.target,

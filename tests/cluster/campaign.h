@@ -7,9 +7,13 @@
 // Fault kinds and what healing means:
 //   kill_leader      SIGKILL of the leader; restarted on its data directory after the hold.
 //   pause_leader     SIGSTOP of the leader (a paused process: it wakes up deposed); SIGCONT.
-//   isolate_leader   the leader's links to etcd blackholed (a partition dropping packets); healed.
-//   reset_leader     the leader's links to etcd reset and refused (a partition with resets).
-//   split            the leader and one follower cut off from etcd (blackholed), the rest not.
+//   isolate_leader   the leader partitioned, dropping packets (SupervisorCluster::SetLink); healed.
+//   reset_leader     the leader partitioned, failing connections (reset and refused through the
+//                    proxies; network unreachable on a namespace's veth).
+//   split            the leader and one follower partitioned (blackholed), the rest not.
+// Where the partitions act depends on SupervisorCluster::network_mode(): in a namespace per
+// supervisor ("netns") the victim is cut off from etcd, its workers and its clients; on loopback
+// ("loopback_proxy") from etcd only. The report names the mode.
 //   full_disk        the leader's data directory disk full (supervisor_cluster.h); freed, and
 //                    the supervisor restarted if the full disk ended it.
 //   replace_member   SIGKILL of a follower and the loss of its data directory (keys kept); healed
@@ -41,6 +45,12 @@
 namespace fp::cluster_test {
 
 inline constexpr size_t kMaxCampaignFaults = 10'000;
+// Per measured recovery in the "netns" network mode. There a worker whose supervisor is
+// blackholed tries the next ones of its list in turn, and each blackholed one costs it the wire's
+// connect timeout (10 s, common/wire/connection.h; the worker has no flag for it), so a split
+// (two of three supervisors cut off) leaves a replica unplaced for about 20 s, past the replica
+// deadline: the session verifies after it is placed again, about 25 s after the injection.
+inline constexpr std::chrono::milliseconds kNetnsRecoveryTimeout{45'000};
 
 enum class FaultKind {
   kKillLeader,
@@ -88,8 +98,12 @@ struct CampaignReport {
   size_t writes = 0;
   double seconds = 0;
   std::string disk_fault_mode;
-  bool ok() const;  // convergence holds and no fault had a problem
+  std::string network_mode;  // NetworkModeName: where partitions act (supervisor_cluster.h)
+  bool ok() const;           // convergence holds and no fault had a problem
 };
+
+// `timeout`, or kNetnsRecoveryTimeout where that is longer and `mode` is kNetns.
+std::chrono::milliseconds RecoveryTimeoutFor(NetworkMode mode, std::chrono::milliseconds timeout);
 
 // Runs the campaign on `cluster` (borrowed). Errors only when the harness cannot run at all
 // (the watcher cannot start); everything else is in the report.

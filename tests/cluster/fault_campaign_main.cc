@@ -38,6 +38,7 @@ struct Args {
   int pause_ms = 250;
   size_t references = 5;
   std::string log_level = "info";
+  bool loopback = false;  // no network namespaces even where the machine allows them
 };
 
 fp::Status Run(const Args& args) {
@@ -56,6 +57,7 @@ fp::Status Run(const Args& args) {
   cluster_options.workers = args.workers;
   cluster_options.data_disk_mb = 64;
   cluster_options.log_level = args.log_level;
+  cluster_options.network_namespaces = !args.loopback;
   FP_ASSIGN_OR_RETURN(auto cluster, fp::cluster_test::SupervisorCluster::Start(cluster_options));
   CampaignOptions options;
   for (const std::string& name : args.faults) {
@@ -66,6 +68,8 @@ fp::Status Run(const Args& args) {
   options.duration = milliseconds(static_cast<int64_t>(args.seconds * 1000));
   options.hold = milliseconds(args.hold_ms);
   options.settle = milliseconds(args.settle_ms);
+  options.recovery_timeout =
+      fp::cluster_test::RecoveryTimeoutFor(cluster->network_mode(), options.recovery_timeout);
   options.load.clients = args.clients;
   options.load.pause = milliseconds(args.pause_ms);
   options.load.run_id = "campaign";
@@ -105,6 +109,8 @@ int main(int argc, char** argv) {
                  "isolate_leader, reset_leader, split, full_disk, replace_member, "
                  "kill_etcd)")
       ->delimiter(',');
+  app.add_flag("--loopback", args.loopback,
+               "Supervisors on 127.0.0.1 behind fault proxies even where network namespaces work");
   app.add_option("--hold-ms", args.hold_ms, "Least time a fault lasts")
       ->check(CLI::Range(0, 600'000));
   app.add_option("--settle-ms", args.settle_ms, "Pause after a heal")

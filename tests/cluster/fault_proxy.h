@@ -12,10 +12,10 @@
 //   kReject     a partition that answers with resets: open connections are reset and new ones
 //               are reset at once (the client sees "connection reset" or "refused" quickly).
 //
-// Why a proxy and not network namespaces: the etcd members of the test cluster listen on
-// 127.0.0.1 of the test's own namespace (supervisor/log/testing/etcd_cluster.h), which a process
-// in another namespace cannot reach without a relay anyway, and a relay needs neither root nor
-// iptables, so the same test runs in CI containers. etcd's TLS passes through unchanged (the
+// The proxies serve SupervisorCluster's loopback mode, where network namespaces are not allowed
+// (no root): a relay needs neither root nor iptables, so the same test runs in CI containers.
+// Where namespaces work, the cluster partitions a supervisor's veth instead (netns_link.h), which
+// also cuts its workers and clients. etcd's TLS passes through unchanged (the
 // proxy listens on 127.0.0.1, which the members' certificates name).
 //
 // Thread-safety: every public method is safe from any thread; relaying runs on the proxy's own

@@ -85,6 +85,10 @@ const char* DiskFaultModeName(DiskFaultMode mode) {
   return mode == DiskFaultMode::kTmpfs ? "tmpfs" : "file_size_limit";
 }
 
+const char* NetworkModeName(NetworkMode mode) {
+  return mode == NetworkMode::kNetns ? "netns" : "loopback_proxy";
+}
+
 StatusOr<MemberView> ParseMemberView(std::string_view json_text) {
   boost::system::error_code error;
   json::value value = json::parse(json_text, error);
@@ -154,16 +158,18 @@ Status SupervisorCluster::Prepare() {
   FP_RETURN_IF_ERROR(RunTool("model", {"model", "mk-tiny", model_dir()}));
   supervisors_.resize(options_.supervisors);
   disk_mode_ = DiskFaultMode::kFileSizeLimit;
+  network_mode_ = options_.network_namespaces && NetnsAvailable() ? NetworkMode::kNetns
+                                                                  : NetworkMode::kLoopback;
+  size_t netns_slot = 0;
+  if (network_mode_ == NetworkMode::kNetns) {
+    SweepStaleNetns();  // namespaces of crashed runs
+    FP_ASSIGN_OR_RETURN(netns_slot, FindFreeNetnsSlots(options_.supervisors));
+  }
   for (size_t s = 0; s < options_.supervisors; ++s) {
     SupervisorProcess& process = supervisors_[s];
     FP_ASSIGN_OR_RETURN(process.worker_port, client::ProbeFreePort());
     FP_ASSIGN_OR_RETURN(process.http_port, client::ProbeFreePort());
-    for (size_t m = 0; m < etcd_->size(); ++m) {
-      const supervisor::etcd::Endpoint member = etcd_->endpoint(m);
-      FP_ASSIGN_OR_RETURN(std::unique_ptr<FaultProxy> proxy,
-                          FaultProxy::Start(member.host, member.port));
-      process.proxies.push_back(std::move(proxy));
-    }
+    FP_RETURN_IF_ERROR(PrepareNetwork(s, netns_slot + s));
     fs::create_directories(data_dir(s), error);
     if (options_.data_disk_mb > 0) FP_RETURN_IF_ERROR(MountDataDisk(s));
   }
@@ -173,6 +179,21 @@ Status SupervisorCluster::Prepare() {
   token << kAdminToken << "\n";
   token.close();
   if (!token) return UnavailableError("cannot write " + admin_token_file());
+  return OkStatus();
+}
+
+Status SupervisorCluster::PrepareNetwork(size_t supervisor, size_t netns_slot) {
+  SupervisorProcess& process = supervisors_[supervisor];
+  if (network_mode_ == NetworkMode::kNetns) {
+    FP_ASSIGN_OR_RETURN(process.netns, NetnsLink::Create(netns_slot, log_path("network")));
+    return OkStatus();
+  }
+  for (size_t m = 0; m < etcd_->size(); ++m) {
+    const supervisor::etcd::Endpoint member = etcd_->endpoint(m);
+    FP_ASSIGN_OR_RETURN(std::unique_ptr<FaultProxy> proxy,
+                        FaultProxy::Start(member.host, member.port));
+    process.proxies.push_back(std::move(proxy));
+  }
   return OkStatus();
 }
 
@@ -237,7 +258,7 @@ Status SupervisorCluster::StartWorker(uint32_t index) {
   for (size_t k = 0; k < options_.supervisors; ++k) {
     const size_t s = (index + k) % options_.supervisors;
     argv.push_back("--supervisor");
-    argv.push_back(fmt::format("{}@127.0.0.1:{}", name(s), supervisors_[s].worker_port));
+    argv.push_back(fmt::format("{}@{}:{}", name(s), host(s), supervisors_[s].worker_port));
   }
   const std::vector<std::string> flags = {
       "--model", fmt::format("{}={}", kClusterModelName, model_dir()), "--data-dir",
@@ -274,9 +295,15 @@ std::string SupervisorCluster::ConfigFile() const {
 
 std::vector<std::string> SupervisorCluster::SupervisorCommand(size_t supervisor) const {
   const SupervisorProcess& process = supervisors_[supervisor];
+  // Through the proxies on loopback; straight to the members (through the veth) in a namespace.
   std::string endpoints;
   for (const std::unique_ptr<FaultProxy>& proxy : process.proxies) {
     endpoints += fmt::format("{}https://127.0.0.1:{}", endpoints.empty() ? "" : ",", proxy->port());
+  }
+  for (size_t m = 0; process.netns != nullptr && m < etcd_->size(); ++m) {
+    const supervisor::etcd::Endpoint member = etcd_->endpoint(m);
+    endpoints +=
+        fmt::format("{}https://{}:{}", endpoints.empty() ? "" : ",", member.host, member.port);
   }
   const supervisor::etcd::ClientOptions etcd_client = etcd_->ClientOptionsFor();
   std::string model = fmt::format("{}={}", kClusterModelName, profile_);
@@ -290,9 +317,9 @@ std::vector<std::string> SupervisorCluster::SupervisorCommand(size_t supervisor)
       {"--certs-dir", (fs::path(options_.dir) / "certs").string()},
       {"--tls-name", name(supervisor)},
       {"--origin", kClusterOrigin},
-      {"--worker-address", "127.0.0.1"},
+      {"--worker-address", host(supervisor)},
       {"--worker-port", std::to_string(process.worker_port)},
-      {"--http-address", "127.0.0.1"},
+      {"--http-address", host(supervisor)},
       {"--http-port", std::to_string(process.http_port)},
       {"--metrics-port", "0"},  // metrics at the API only: three members share the host
       {"--admin-token-file", admin_token_file()},
@@ -324,7 +351,7 @@ std::vector<std::string> SupervisorCluster::SupervisorCommand(size_t supervisor)
     argv.push_back(value);
   }
   argv.insert(argv.end(), options_.supervisor_flags.begin(), options_.supervisor_flags.end());
-  return argv;
+  return process.netns != nullptr ? process.netns->Wrap(argv) : argv;
 }
 
 Status SupervisorCluster::StartSupervisor(size_t supervisor) {
@@ -374,8 +401,13 @@ std::string SupervisorCluster::name(size_t supervisor) const {
   return fmt::format("supervisor-{}", supervisor);
 }
 
+std::string SupervisorCluster::host(size_t supervisor) const {
+  const SupervisorProcess& process = supervisors_.at(supervisor);
+  return process.netns != nullptr ? process.netns->address() : "127.0.0.1";
+}
+
 client::SupervisorUrl SupervisorCluster::url(size_t supervisor) const {
-  return client::SupervisorUrl{"127.0.0.1", supervisors_.at(supervisor).http_port};
+  return client::SupervisorUrl{host(supervisor), supervisors_.at(supervisor).http_port};
 }
 
 std::vector<client::SupervisorUrl> SupervisorCluster::urls() const {
@@ -448,10 +480,11 @@ Status SupervisorCluster::Resume(size_t supervisor) {
   return supervisors_.at(supervisor).process->Signal(SIGCONT);
 }
 
-void SupervisorCluster::SetEtcdLink(size_t supervisor, ProxyMode mode) {
-  for (const std::unique_ptr<FaultProxy>& proxy : supervisors_.at(supervisor).proxies) {
-    proxy->SetMode(mode);
-  }
+Status SupervisorCluster::SetLink(size_t supervisor, ProxyMode mode) {
+  SupervisorProcess& process = supervisors_.at(supervisor);
+  if (process.netns != nullptr) return process.netns->SetMode(mode);
+  for (const std::unique_ptr<FaultProxy>& proxy : process.proxies) proxy->SetMode(mode);
+  return OkStatus();
 }
 
 Status SupervisorCluster::FillDisk(size_t supervisor) {
@@ -500,7 +533,7 @@ Status SupervisorCluster::FreeDisk(size_t supervisor) {
 }
 
 StatusOr<MemberView> SupervisorCluster::Member(size_t supervisor, milliseconds timeout) const {
-  supervisor::HttpClient http("127.0.0.1", supervisors_.at(supervisor).http_port, timeout);
+  supervisor::HttpClient http(host(supervisor), supervisors_.at(supervisor).http_port, timeout);
   FP_ASSIGN_OR_RETURN(supervisor::HttpResponse response,
                       http.Request(boost::beast::http::verb::get, "/v1/cluster"));
   if (response.status != 200) {
@@ -553,9 +586,7 @@ std::vector<std::string> SupervisorCluster::Stop() {
   }
   for (size_t s = 0; s < supervisors_.size(); ++s) {
     SupervisorProcess& process = supervisors_[s];
-    for (const std::unique_ptr<FaultProxy>& proxy : process.proxies) {
-      proxy->SetMode(ProxyMode::kPass);
-    }
+    SetLink(s, ProxyMode::kPass).IgnoreError();  // a partitioned supervisor drains too
     if (process.process != nullptr) {
       process.process->Signal(SIGCONT).IgnoreError();
       const int status = process.process->Stop(options_.stop_grace);
@@ -565,7 +596,7 @@ std::vector<std::string> SupervisorCluster::Stop() {
       process.disk_mounted = false;
     }
   }
-  supervisors_.clear();
+  supervisors_.clear();  // deletes the namespaces (NetnsLink)
   etcd_.reset();
   return lines;
 }

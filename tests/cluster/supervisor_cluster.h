@@ -1,24 +1,32 @@
-// SupervisorCluster: a real fieldprint supervisor cluster on loopback for fault tests and the fault
-// campaign: N etcd members (supervisor/log/testing/etcd_cluster.h, mutual TLS), M `fieldprint
+// SupervisorCluster: a real fieldprint supervisor cluster on one machine for fault tests and the
+// fault campaign: N etcd members (supervisor/log/testing/etcd_cluster.h, mutual TLS), M `fieldprint
 // supervisor` processes of the built binary on one etcd prefix, and W workers of the tiny model
 // (`fieldprint model mk-tiny`) that list every supervisor and fail over between them.
 //
-// Each supervisor reaches each etcd member through its own FaultProxy (fault_proxy.h), so one
-// supervisor can be cut off from etcd (blackholed or reset) while the others are not. Each starts
+// Network (network_mode()): where the machine allows it (root, `ip netns add` works; probed once)
+// and options.network_namespaces is set, each supervisor runs in a network namespace of its own
+// joined by a veth pair (netns_link.h), listens on its namespace's address, and reaches etcd at
+// 127.0.0.1 through the veth; a partition (SetLink) then acts on the veth and cuts the supervisor
+// off from etcd, its workers and its clients at once. Otherwise (loopback) every process listens
+// on 127.0.0.1 and each supervisor reaches each etcd member through its own FaultProxy
+// (fault_proxy.h), so a partition cuts it off from etcd only. Either way one supervisor can be
+// blackholed or reset while the others are not. Namespaces are deleted by Stop(); those of a
+// killed run by a reaper that waits for the test's PID, or else by the next cluster's start (a
+// sweep by name prefix and dead PID). The mode is decided once per cluster. Each starts
 // from deploy/config/supervisor-cluster.toml when the source tree has it (else supervisor.toml),
 // with the machine-specific options (ports, directories, certificates, etcd endpoints) given on
 // the command line, which wins over the file.
 //
-// Faults: SIGKILL and restart (same data directory and ports), SIGSTOP/SIGCONT, a partition from
-// etcd, a full disk under the data directory, a member replaced from a peer's snapshot, and etcd
-// member kills. The full disk is a small
-// tmpfs per supervisor filled by a file when the process may mount (root), else a file-size limit
-// of 0 (RLIMIT_FSIZE) set on the running supervisor, whose next write to its state then kills it
-// with SIGXFSZ; disk_fault_mode() says which one ran.
+// Faults: SIGKILL and restart (same data directory and ports), SIGSTOP/SIGCONT, a partition
+// (see above), a full disk under the data directory, a member replaced from a peer's snapshot, and
+// etcd member kills. The full disk is a small tmpfs per supervisor filled by a file when the
+// process may mount (root), else a file-size limit of 0 (RLIMIT_FSIZE) set on the running
+// supervisor, whose next write to its state then kills it with SIGXFSZ; disk_fault_mode() says
+// which one ran.
 //
 // Layout of `dir`: certs/ (`fieldprint certs init`), model/, supervisor-N/ (data directories),
 // worker-N/, admin.token, logs/NAME.out and NAME.log (stdout, stderr; NAME.log.K for earlier
-// runs).
+// runs), logs/network.log (the `ip` commands' output in the netns mode).
 //
 // Thread-safety: one thread drives a cluster (processes die with that thread, PR_SET_PDEATHSIG);
 // Member() and the accessors may also be called from other threads.
@@ -36,6 +44,7 @@
 #include "supervisor/client/process.h"
 #include "supervisor/log/testing/etcd_cluster.h"
 #include "tests/cluster/fault_proxy.h"
+#include "tests/cluster/netns_link.h"
 
 namespace fp::cluster_test {
 
@@ -48,6 +57,10 @@ inline constexpr size_t kMaxFillerBytes = size_t{1} << 30;
 enum class DiskFaultMode { kTmpfs, kFileSizeLimit };
 const char* DiskFaultModeName(DiskFaultMode mode);
 
+// kNetns: a network namespace per supervisor; kLoopback: 127.0.0.1 and fault proxies.
+enum class NetworkMode { kLoopback, kNetns };
+const char* NetworkModeName(NetworkMode mode);  // "loopback_proxy", "netns"
+
 struct SupervisorClusterOptions {
   std::string binary;      // the fieldprint executable
   std::string source_dir;  // the source tree (deploy/config/)
@@ -59,6 +72,9 @@ struct SupervisorClusterOptions {
   uint32_t default_max_tokens = 8;
   // Data directories on a tmpfs of this size when root (see DiskFaultMode); 0: plain folders.
   size_t data_disk_mb = 0;
+  // A network namespace per supervisor when the machine allows it (see NetworkMode); false:
+  // loopback and fault proxies everywhere.
+  bool network_namespaces = true;
   // More supervisor flags (after the harness's own; later flags win).
   std::vector<std::string> supervisor_flags;
   std::chrono::milliseconds start_timeout{30'000};
@@ -110,6 +126,9 @@ class SupervisorCluster {
   std::string admin_token_file() const;  // the supervisors' admin token
   supervisor::testing::EtcdCluster& etcd() { return *etcd_; }
   DiskFaultMode disk_fault_mode() const { return disk_mode_; }
+  NetworkMode network_mode() const { return network_mode_; }
+  // The address a supervisor listens on (its namespace's, or 127.0.0.1).
+  std::string host(size_t supervisor) const;
   bool Running(size_t supervisor);
 
   // SIGKILL, and waits for the exit.
@@ -123,8 +142,11 @@ class SupervisorCluster {
   // files, installs a snapshot of `peer`'s state (`fieldprint supervisor bootstrap`), and starts
   // it. FailedPrecondition while it runs; the bootstrap's error otherwise.
   Status Replace(size_t supervisor, size_t peer);
-  // Sets the mode of every proxy between `supervisor` and etcd (kPass heals).
-  void SetEtcdLink(size_t supervisor, ProxyMode mode);
+  // Partitions `supervisor` (kBlackhole: packets dropped; kReject: connections fail) or heals it
+  // (kPass): in kNetns mode on its veth (from etcd, workers and clients; netns_link.h), in
+  // kLoopback mode on every proxy between it and etcd (from etcd only). Internal when an `ip`
+  // command fails.
+  Status SetLink(size_t supervisor, ProxyMode mode);
   // Makes the data directory's disk full (see DiskFaultMode); FreeDisk undoes it (the supervisor
   // may have exited meanwhile: Restart it).
   Status FillDisk(size_t supervisor);
@@ -147,7 +169,8 @@ class SupervisorCluster {
   struct SupervisorProcess {
     uint16_t worker_port = 0;
     uint16_t http_port = 0;
-    std::vector<std::unique_ptr<FaultProxy>> proxies;  // one per etcd member
+    std::vector<std::unique_ptr<FaultProxy>> proxies;  // one per etcd member (kLoopback)
+    std::unique_ptr<NetnsLink> netns;                  // kNetns
     std::unique_ptr<client::ChildProcess> process;
     bool disk_mounted = false;
     int runs = 0;
@@ -156,6 +179,7 @@ class SupervisorCluster {
   Status Prepare();
   Status RunTool(const std::string& name, std::vector<std::string> args);
   Status MountDataDisk(size_t supervisor);
+  Status PrepareNetwork(size_t supervisor, size_t netns_slot);
   // Writes one fresh ledger key (checkpoint.key) into every data directory.
   Status ProvisionLedgerKey();
   Status StartWorker(uint32_t index);
@@ -172,6 +196,7 @@ class SupervisorCluster {
   std::string profile_;  // hex
   std::string anchors_;  // hex
   DiskFaultMode disk_mode_ = DiskFaultMode::kFileSizeLimit;
+  NetworkMode network_mode_ = NetworkMode::kLoopback;
   bool stopped_ = false;
 };
 
