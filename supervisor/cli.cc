@@ -232,13 +232,26 @@ Status RunFsck(const std::string& data_dir) {
 }
 
 // `supervisor key`: the verifier key of the data directory's signer key, for clients to pin.
-Status PrintVerifierKey(const RunArgs& args) {
+Status PrintVerifierKey(const RunArgs& args, bool create) {
   if (args.options.data_dir.empty()) return InvalidArgumentError("--data-dir is required");
   const std::filesystem::path file =
       std::filesystem::path(args.options.data_dir) / supervisor::kCheckpointKeyFile;
-  FP_ASSIGN_OR_RETURN(tlog::NoteSigner signer,
-                      supervisor::LoadSigner(file.string(), args.options.origin));
-  std::printf("%s\n", signer.Verifier().ToString().c_str());
+  if (create) {
+    std::error_code error;
+    std::filesystem::create_directories(args.options.data_dir, error);
+    if (error) {
+      return UnavailableError(
+          fmt::format("cannot create {}: {}", args.options.data_dir, error.message()));
+    }
+  }
+  StatusOr<tlog::NoteSigner> signer =
+      create ? supervisor::LoadOrCreateSigner(file.string(), args.options.origin)
+             : supervisor::LoadSigner(file.string(), args.options.origin);
+  if (signer.status().code() == StatusCode::kNotFound) {
+    return NotFoundError(fmt::format("{}; `--create` makes one", signer.status().message()));
+  }
+  FP_RETURN_IF_ERROR(signer.status());
+  std::printf("%s\n", signer->Verifier().ToString().c_str());
   return OkStatus();
 }
 
@@ -434,7 +447,11 @@ void AddSupervisorCommands(CLI::App& app, CLI::App& bench) {
   CLI::App* key = command->add_subcommand(
       "key", "Print the checkpoint verifier key (for `fieldprint audit --key`) from the data dir");
   key->fallthrough();
-  SetAction(key, [args] { return PrintVerifierKey(*args); });
+  auto create = std::make_shared<bool>(false);
+  key->add_flag("--create", *create,
+                "Create the ledger key (checkpoint.key, for the --origin) when the data dir has "
+                "none: a new cluster's shared key, copied to every member before its first start");
+  SetAction(key, [args, create] { return PrintVerifierKey(*args, *create); });
   CLI::App* release = command->add_subcommand(
       "release-worker", "Release a quarantined worker (the running supervisor's admin route)");
   release->fallthrough();
