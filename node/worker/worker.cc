@@ -52,6 +52,8 @@ Status ValidateWorkerConfig(const WorkerConfig& c) {
                            static_cast<int64_t>(wire::kMaxLeafBatchSteps)));
   FP_RETURN_IF_ERROR(Range("window-ms", c.stream.window_time.count(), 0, 60'000));
   FP_RETURN_IF_ERROR(Range("heartbeat-ms", c.heartbeat_interval.count(), 1, 600'000));
+  FP_RETURN_IF_ERROR(Range("read-timeout-ms", c.connection.read_timeout.count(), 1, 3'600'000));
+  FP_RETURN_IF_ERROR(Range("connect-timeout-ms", c.connection.connect_timeout.count(), 1, 600'000));
   FP_RETURN_IF_ERROR(Range("reconnect-initial-ms", c.reconnect.initial_delay.count(), 1,
                            kMaxReconnectDelay.count()));
   FP_RETURN_IF_ERROR(Range("reconnect-max-ms", c.reconnect.max_delay.count(),

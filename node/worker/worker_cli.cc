@@ -198,6 +198,9 @@ void AddWorkerOptions(CLI::App* command, WorkerFlags* f) {
   command->add_option("--window-ms", f->window_ms, "T: or once a leaf has waited T ms");
   command->add_option("--heartbeat-ms", f->heartbeat_ms, "Heartbeat interval");
   command->add_option("--read-timeout-ms", f->read_timeout_ms, "Longest silence from the peer");
+  command->add_option("--connect-timeout-ms", f->connect_timeout_ms,
+                      "Longest TCP connect, and TLS handshake, with a supervisor before the next "
+                      "one is tried");
   command->add_option("--reconnect-initial-ms", f->reconnect_initial_ms, "First retry delay");
   command->add_option("--reconnect-max-ms", f->reconnect_max_ms, "Largest retry delay");
   command->add_option("--outbox-max-batches", f->outbox_max_batches, "Outbox bound (batches)");
@@ -241,6 +244,9 @@ StatusOr<WorkerConfig> ResolveWorkerConfig(const CLI::App& command, const Worker
   config.stream.window_time = std::chrono::milliseconds(f.window_ms);
   config.heartbeat_interval = std::chrono::milliseconds(f.heartbeat_ms);
   config.connection.read_timeout = std::chrono::milliseconds(f.read_timeout_ms);
+  // A supervisor that accepts TCP but does not answer (a paused process) stalls the handshake.
+  config.connection.connect_timeout = std::chrono::milliseconds(f.connect_timeout_ms);
+  config.connection.handshake_timeout = config.connection.connect_timeout;
   config.reconnect.initial_delay = std::chrono::milliseconds(f.reconnect_initial_ms);
   config.reconnect.max_delay = std::chrono::milliseconds(f.reconnect_max_ms);
   config.outbox.max_batches = f.outbox_max_batches;

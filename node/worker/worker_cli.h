@@ -43,6 +43,7 @@ struct WorkerFlags {
   int64_t window_ms = 50;
   int64_t heartbeat_ms = 1'000;
   int64_t read_timeout_ms = 10'000;
+  int64_t connect_timeout_ms = 3'000;
   int64_t reconnect_initial_ms = 100;
   int64_t reconnect_max_ms = 5'000;
   size_t outbox_max_batches = 4096;

@@ -139,6 +139,8 @@ TEST_F(WorkerCliTest, OutOfRangeValuesAreRefused) {
   EXPECT_THAT(Parse({"--window-steps", "0"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--window-steps", "5000"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--heartbeat-ms", "40000"}), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Parse({"--read-timeout-ms", "0"}), StatusIs(StatusCode::kInvalidArgument));
+  EXPECT_THAT(Parse({"--connect-timeout-ms", "0"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--anchors", "other=/a"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--metrics-address", "nowhere"}), StatusIs(StatusCode::kInvalidArgument));
   EXPECT_THAT(Parse({"--reconnect-max-ms", "50"}), StatusIs(StatusCode::kInvalidArgument));

@@ -238,10 +238,6 @@ bool CampaignReport::ok() const {
                                          [](const FaultResult& f) { return f.problem.empty(); });
 }
 
-std::chrono::milliseconds RecoveryTimeoutFor(NetworkMode mode, milliseconds timeout) {
-  return mode == NetworkMode::kNetns ? std::max(timeout, kNetnsRecoveryTimeout) : timeout;
-}
-
 StatusOr<CampaignReport> RunCampaign(SupervisorCluster& cluster, const CampaignOptions& options) {
   FP_CHECK(!options.kinds.empty());
   FP_CHECK(options.max_faults >= 1 && options.max_faults <= kMaxCampaignFaults);

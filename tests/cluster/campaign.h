@@ -45,12 +45,6 @@
 namespace fp::cluster_test {
 
 inline constexpr size_t kMaxCampaignFaults = 10'000;
-// Per measured recovery in the "netns" network mode. There a worker whose supervisor is
-// blackholed tries the next ones of its list in turn, and each blackholed one costs it the wire's
-// connect timeout (10 s, common/wire/connection.h; the worker has no flag for it), so a split
-// (two of three supervisors cut off) leaves a replica unplaced for about 20 s, past the replica
-// deadline: the session verifies after it is placed again, about 25 s after the injection.
-inline constexpr std::chrono::milliseconds kNetnsRecoveryTimeout{45'000};
 
 enum class FaultKind {
   kKillLeader,
@@ -101,9 +95,6 @@ struct CampaignReport {
   std::string network_mode;  // NetworkModeName: where partitions act (supervisor_cluster.h)
   bool ok() const;           // convergence holds and no fault had a problem
 };
-
-// `timeout`, or kNetnsRecoveryTimeout where that is longer and `mode` is kNetns.
-std::chrono::milliseconds RecoveryTimeoutFor(NetworkMode mode, std::chrono::milliseconds timeout);
 
 // Runs the campaign on `cluster` (borrowed). Errors only when the harness cannot run at all
 // (the watcher cannot start); everything else is in the report.

@@ -57,7 +57,7 @@ TEST_F(ClusterFaultTest, EveryGuaranteeHoldsThroughEachKindOfFault) {
   options.max_faults = options.kinds.size();
   options.hold = milliseconds(1000);
   options.settle = milliseconds(300);
-  options.recovery_timeout = RecoveryTimeoutFor(cluster_->network_mode(), milliseconds(20'000));
+  options.recovery_timeout = milliseconds(20'000);
   options.load.clients = 2;
   options.load.pause = milliseconds(300);
   options.load.run_id = "ctest";

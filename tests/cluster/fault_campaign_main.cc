@@ -68,8 +68,6 @@ fp::Status Run(const Args& args) {
   options.duration = milliseconds(static_cast<int64_t>(args.seconds * 1000));
   options.hold = milliseconds(args.hold_ms);
   options.settle = milliseconds(args.settle_ms);
-  options.recovery_timeout =
-      fp::cluster_test::RecoveryTimeoutFor(cluster->network_mode(), options.recovery_timeout);
   options.load.clients = args.clients;
   options.load.pause = milliseconds(args.pause_ms);
   options.load.run_id = "campaign";

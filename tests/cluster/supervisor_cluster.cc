@@ -265,8 +265,9 @@ Status SupervisorCluster::StartWorker(uint32_t index) {
       (dir / worker).string(), "--metrics-address", "127.0.0.1:0", "--threads", "1",
       "--kv-budget-mb", "64", "--window-steps", "4", "--window-ms", "20", "--heartbeat-ms", "500",
       // A supervisor silent this long (paused) is left for the next one in the list.
-      "--read-timeout-ms", "2000", "--reconnect-initial-ms", "50", "--reconnect-max-ms", "500",
-      "--drain-ms", "1000", "--log-level", options_.log_level, "--log-format", "json"};
+      "--read-timeout-ms", "2000", "--connect-timeout-ms", "1000", "--reconnect-initial-ms", "50",
+      "--reconnect-max-ms", "500", "--drain-ms", "1000", "--log-level", options_.log_level,
+      "--log-format", "json"};
   argv.insert(argv.end(), flags.begin(), flags.end());
   FP_ASSIGN_OR_RETURN(std::unique_ptr<client::ChildProcess> process,
                       client::ChildProcess::Spawn(worker, ProcessFor(worker, std::move(argv))));
