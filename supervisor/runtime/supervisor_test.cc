@@ -438,6 +438,8 @@ TEST_F(SupervisorTest, LeavesBeforeRegistrationCloseTheConnection) {
 TEST_F(SupervisorTest, MessagesOnlySupervisorsSendCloseTheConnection) {
   TestWorker& worker = Connect();
   worker.Send(Registration());
+  // Registered first, so that the only reason to close is the message below.
+  ASSERT_TRUE(worker.Next(wire::pb::Envelope::kRegisterAck).has_value());
   wire::pb::Envelope quarantine;
   quarantine.mutable_quarantine()->set_reason("no");
   worker.Send(quarantine);
