@@ -10,7 +10,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include "supervisor/log/testing/etcd_cluster.h"
+#include "supervisor/log/testing/etcd_suite.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::supervisor::cluster {
@@ -23,23 +23,8 @@ using std::chrono::milliseconds;
 // Generous bound for anything that should happen "soon" on a loaded machine.
 constexpr milliseconds kPatience{10'000};
 
-class LeaderElectionTest : public ::testing::Test {
+class LeaderElectionTest : public supervisor::testing::SharedEtcdTest<3> {
  protected:
-  static void SetUpTestSuite() {
-    if (!supervisor::testing::EtcdCluster::Available()) return;
-    auto cluster = supervisor::testing::EtcdCluster::Start({});
-    FP_CHECK_OK(cluster);
-    cluster_ = std::move(cluster).value().release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override {
-    // etcd is a test dependency (`make deps`): without it these tests fail, never skip.
-    ASSERT_NE(cluster_, nullptr) << "etcd is not on the PATH (make deps installs etcd-server)";
-  }
-
   static LeaderOptions Options(const std::string& identity, size_t first_member = 0) {
     LeaderOptions options;
     options.client = cluster_->ClientOptionsFor(first_member);
@@ -88,11 +73,7 @@ class LeaderElectionTest : public ::testing::Test {
     }
     return done();
   }
-
-  static supervisor::testing::EtcdCluster* cluster_;
 };
-
-supervisor::testing::EtcdCluster* LeaderElectionTest::cluster_ = nullptr;
 
 TEST_F(LeaderElectionTest, TwoCandidatesElectExactlyOneLeader) {
   auto a = Start(Options("a", 0));

@@ -6,7 +6,7 @@
 #include <fmt/format.h>
 #include <gtest/gtest.h>
 
-#include "supervisor/log/testing/etcd_cluster.h"
+#include "supervisor/log/testing/etcd_suite.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::supervisor::cluster {
@@ -15,23 +15,11 @@ namespace {
 using ::fp::testing::StatusIs;
 using Table = std::map<std::string, uint64_t>;
 
-class ClusterMembersTest : public ::testing::Test {
+class ClusterMembersTest : public supervisor::testing::SharedEtcdTest<1> {
  protected:
-  static void SetUpTestSuite() {
-    if (!supervisor::testing::EtcdCluster::Available()) return;
-    supervisor::testing::EtcdClusterOptions options;
-    options.members = 1;
-    auto cluster = supervisor::testing::EtcdCluster::Start(options);
-    FP_CHECK_OK(cluster);
-    cluster_ = std::move(cluster).value().release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
   void SetUp() override {
-    // etcd is a test dependency (`make deps`): without it these tests fail, never skip.
-    ASSERT_NE(cluster_, nullptr) << "etcd is not on the PATH (make deps installs etcd-server)";
+    SharedEtcdTest::SetUp();
+    if (HasFatalFailure()) return;
     prefix_ =
         fmt::format("/test/{}", ::testing::UnitTest::GetInstance()->current_test_info()->name());
     auto members = ClusterMembers::Create(cluster_->ClientOptionsFor(), prefix_);
@@ -51,13 +39,10 @@ class ClusterMembersTest : public ::testing::Test {
     return found->kvs[0].value;
   }
 
-  static supervisor::testing::EtcdCluster* cluster_;
   std::string prefix_;
   std::unique_ptr<ClusterMembers> members_;
   std::unique_ptr<etcd::Client> client_;
 };
-
-supervisor::testing::EtcdCluster* ClusterMembersTest::cluster_ = nullptr;
 
 TEST_F(ClusterMembersTest, PublishedPositionsAreDecimalEntriesUnderThePrefix) {
   ASSERT_OK(members_->Publish("supervisor-0", 1200));

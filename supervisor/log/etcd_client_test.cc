@@ -15,7 +15,7 @@
 
 #include "common/wire/certs.h"
 #include "supervisor/client/process.h"
-#include "supervisor/log/testing/etcd_cluster.h"
+#include "supervisor/log/testing/etcd_suite.h"
 #include "tests/testutil/status_matchers.h"
 #include "tests/testutil/test_env.h"
 
@@ -81,25 +81,8 @@ class FakeGateway {
   std::thread thread_;
 };
 
-class EtcdClientTest : public ::testing::Test {
+class EtcdClientTest : public supervisor::testing::SharedEtcdTest<1> {
  protected:
-  static void SetUpTestSuite() {
-    if (!supervisor::testing::EtcdCluster::Available()) return;
-    supervisor::testing::EtcdClusterOptions options;
-    options.members = 1;
-    auto cluster = supervisor::testing::EtcdCluster::Start(options);
-    FP_CHECK_OK(cluster);
-    cluster_ = std::move(cluster).value().release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override {
-    // etcd is a test dependency (`make deps`): without it these tests fail, never skip.
-    ASSERT_NE(cluster_, nullptr) << "etcd is not on the PATH (make deps installs etcd-server)";
-  }
-
   std::unique_ptr<Client> Connect(std::chrono::milliseconds timeout = std::chrono::seconds(5)) {
     ClientOptions options = cluster_->ClientOptionsFor(0);
     options.request_timeout = timeout;
@@ -124,11 +107,7 @@ class EtcdClientTest : public ::testing::Test {
   static TxnOp Put(const std::string& key, const std::string& value, int64_t lease = 0) {
     return {TxnOp::Kind::kPut, key, value, lease, {}, ""};
   }
-
-  static supervisor::testing::EtcdCluster* cluster_;
 };
-
-supervisor::testing::EtcdCluster* EtcdClientTest::cluster_ = nullptr;
 
 TEST_F(EtcdClientTest, PrefixEndIsTheNextKeyAfterThePrefix) {
   EXPECT_EQ(PrefixEnd("a/"), "a0");

@@ -18,7 +18,7 @@
 #include <gtest/gtest.h>
 
 #include "common/base/bytes.h"
-#include "supervisor/log/testing/etcd_cluster.h"
+#include "supervisor/log/testing/etcd_suite.h"
 #include "tests/testutil/status_matchers.h"
 
 namespace fp::supervisor {
@@ -51,23 +51,8 @@ std::string Bytes(const pb::LogRecord& record) {
   return bytes;
 }
 
-class EtcdLogTest : public ::testing::Test {
+class EtcdLogTest : public testing::SharedEtcdTest<3> {
  protected:
-  static void SetUpTestSuite() {
-    if (!testing::EtcdCluster::Available()) return;
-    auto cluster = testing::EtcdCluster::Start({});
-    FP_CHECK_OK(cluster);
-    cluster_ = std::move(cluster).value().release();
-  }
-  static void TearDownTestSuite() {
-    delete cluster_;
-    cluster_ = nullptr;
-  }
-  void SetUp() override {
-    // etcd is a test dependency (`make deps`): without it these tests fail, never skip.
-    ASSERT_NE(cluster_, nullptr) << "etcd is not on the PATH (make deps installs etcd-server)";
-  }
-
   // Options for a log of this test's own prefix whose client starts at member `first`.
   static EtcdLogOptions Options(size_t first = 0) {
     EtcdLogOptions options;
@@ -94,11 +79,7 @@ class EtcdLogTest : public ::testing::Test {
     }
     return all;
   }
-
-  static testing::EtcdCluster* cluster_;
 };
-
-testing::EtcdCluster* EtcdLogTest::cluster_ = nullptr;
 
 TEST_F(EtcdLogTest, AppendsGetContiguousPositionsFromZero) {
   auto log = Open(Options());

@@ -24,7 +24,7 @@
 #include "common/wire/certs.h"
 #include "common/wire/tls.h"
 #include "supervisor/cluster/bootstrap.h"
-#include "supervisor/log/testing/etcd_cluster.h"
+#include "supervisor/log/testing/etcd_suite.h"
 #include "supervisor/net/http_client.h"
 #include "supervisor/runtime/supervisor.h"
 #include "supervisor/runtime/test_worker.h"
@@ -61,22 +61,11 @@ bool Eventually(Predicate done, milliseconds patience = kPatience) {
   return done();
 }
 
-class ClusterTest : public ::testing::Test {
+class ClusterTest : public testing::SharedEtcdTest<3> {
  protected:
-  static void SetUpTestSuite() {
-    if (!testing::EtcdCluster::Available()) return;
-    auto cluster = testing::EtcdCluster::Start({});
-    FP_CHECK_OK(cluster);
-    etcd_ = std::move(cluster).value().release();
-  }
-  static void TearDownTestSuite() {
-    delete etcd_;
-    etcd_ = nullptr;
-  }
-
   void SetUp() override {
-    // etcd is a test dependency (`make deps`): without it these tests fail, never skip.
-    ASSERT_NE(etcd_, nullptr) << "etcd is not on the PATH (make deps installs etcd-server)";
+    SharedEtcdTest::SetUp();
+    if (HasFatalFailure()) return;
     prefix_ =
         fmt::format("/cluster/{}", ::testing::UnitTest::GetInstance()->current_test_info()->name());
     wire::CertsOptions certs;
@@ -123,7 +112,7 @@ class ClusterTest : public ::testing::Test {
     options.placement_interval = milliseconds(50);
     options.admin_token = kAdminToken;
     options.log_backend = LogBackend::kEtcd;
-    options.etcd.client = etcd_->ClientOptionsFor(i % etcd_->size());
+    options.etcd.client = cluster_->ClientOptionsFor(i % cluster_->size());
     options.etcd.client.request_timeout = milliseconds(1000);
     options.etcd.prefix = prefix_;
     options.leader_ttl = milliseconds(2000);
@@ -231,7 +220,7 @@ class ClusterTest : public ::testing::Test {
   }
 
   std::unique_ptr<etcd::Client> RawClient() {
-    auto client = etcd::Client::Create(etcd_->ClientOptionsFor(2));
+    auto client = etcd::Client::Create(cluster_->ClientOptionsFor(2));
     FP_CHECK_OK(client);
     return std::move(client).value();
   }
@@ -255,7 +244,7 @@ class ClusterTest : public ::testing::Test {
   }
   std::unique_ptr<EtcdLog> Reader() {
     EtcdLogOptions options;
-    options.client = etcd_->ClientOptionsFor(1);
+    options.client = cluster_->ClientOptionsFor(1);
     options.prefix = prefix_;
     auto log = OpenEtcdLog(options);
     FP_CHECK_OK(log);
@@ -338,7 +327,6 @@ class ClusterTest : public ::testing::Test {
     }
   }
 
-  static testing::EtcdCluster* etcd_;
   fp::testing::TempDir dir_;
   std::string prefix_;
   std::vector<std::unique_ptr<prometheus::Registry>> registries_;
@@ -351,8 +339,6 @@ class ClusterTest : public ::testing::Test {
   std::unique_ptr<TestWorker> worker_;
   size_t worker_at_ = 0;
 };
-
-testing::EtcdCluster* ClusterTest::etcd_ = nullptr;
 
 TEST_F(ClusterTest, OneLeaderWritesLeaderRecordsAndEveryMemberConverges) {
   for (size_t i = 0; i < kMembers; ++i) Start(i);
@@ -465,7 +451,7 @@ TEST_F(ClusterTest, TrimmingWaitsForAStoppedMemberUntilRemovedThenItIsBootstrapp
   // The members are known before the first one starts (else the first leader may trim before the
   // others publish, and they would need a bootstrap to join).
   ASSERT_OK_AND_ASSIGN(std::unique_ptr<cluster::ClusterMembers> table,
-                       cluster::ClusterMembers::Create(etcd_->ClientOptionsFor(), prefix_));
+                       cluster::ClusterMembers::Create(cluster_->ClientOptionsFor(), prefix_));
   for (size_t i = 0; i < kMembers; ++i) ASSERT_OK(table->Publish(Options(i).tls_name, 0));
   for (size_t i = 0; i < kMembers; ++i) {
     SupervisorOptions options = Options(i);
