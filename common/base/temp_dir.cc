@@ -7,10 +7,13 @@
 
 namespace fp {
 
-StatusOr<std::unique_ptr<ScopedTempDir>> ScopedTempDir::Create(std::string_view prefix) {
-  const char* base = std::getenv("TMPDIR");
-  std::filesystem::path parent = (base != nullptr && *base != '\0') ? base : "/tmp";
-  std::string pattern = (parent / (std::string(prefix) + "-XXXXXX")).string();
+StatusOr<std::unique_ptr<ScopedTempDir>> ScopedTempDir::Create(
+    std::string_view prefix, const std::filesystem::path& parent) {
+  const char* tmp = std::getenv("TMPDIR");
+  const std::filesystem::path base = !parent.empty()                    ? parent
+                                     : (tmp != nullptr && *tmp != '\0') ? tmp
+                                                                        : "/tmp";
+  std::string pattern = (base / (std::string(prefix) + "-XXXXXX")).string();
   if (::mkdtemp(pattern.data()) == nullptr) {
     return UnavailableError("cannot create a temporary directory " + pattern + ": " +
                             std::strerror(errno));

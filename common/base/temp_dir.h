@@ -15,9 +15,10 @@ namespace fp {
 
 class ScopedTempDir {
  public:
-  // Creates "<tmp>/<prefix>-XXXXXX" (mkdtemp, mode 0700). Unavailable if it cannot be created.
-  // The caller owns the result.
-  static StatusOr<std::unique_ptr<ScopedTempDir>> Create(std::string_view prefix);
+  // Creates "<parent>/<prefix>-XXXXXX" (mkdtemp, mode 0700); an empty `parent` is $TMPDIR (or
+  // /tmp). Unavailable if it cannot be created. The caller owns the result.
+  static StatusOr<std::unique_ptr<ScopedTempDir>> Create(std::string_view prefix,
+                                                         const std::filesystem::path& parent = {});
   ~ScopedTempDir();
   ScopedTempDir(const ScopedTempDir&) = delete;
   ScopedTempDir& operator=(const ScopedTempDir&) = delete;

@@ -54,5 +54,14 @@ TEST(ScopedTempDirTest, HonoursTmpdirAndReportsFailure) {
   }
 }
 
+TEST(ScopedTempDirTest, AGivenParentWinsOverTmpdir) {
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ScopedTempDir> parent, ScopedTempDir::Create("fp-tmp"));
+  ASSERT_OK_AND_ASSIGN(std::unique_ptr<ScopedTempDir> child,
+                       ScopedTempDir::Create("fp-child", parent->path()));
+  EXPECT_EQ(child->path().parent_path(), parent->path());
+  EXPECT_THAT(ScopedTempDir::Create("fp-child", parent->Join("missing")),
+              StatusIs(StatusCode::kUnavailable));
+}
+
 }  // namespace
 }  // namespace fp

@@ -3,9 +3,6 @@
 // nodes, the proposals and the workload; each event kind has one handler below.
 #include "supervisor/sim/cluster_sim.h"
 
-#include <cerrno>
-#include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -1076,30 +1073,21 @@ std::string ClusterSimResult::Summary(uint64_t seed) const {
 
 StatusOr<std::unique_ptr<SimScratch>> SimScratch::Create() {
   std::error_code error;
-  std::string base = "/dev/shm";
-  if (!std::filesystem::is_directory(base, error) || ::access(base.c_str(), W_OK) != 0) {
-    const char* tmp = std::getenv("TMPDIR");
-    base = tmp != nullptr && *tmp != '\0' ? tmp : "/tmp";
-  }
-  std::string path = base + "/fp-sim-XXXXXX";
-  if (::mkdtemp(path.data()) == nullptr) {
-    return UnavailableError(fmt::format("cannot create {}: {}", path, std::strerror(errno)));
-  }
-  std::unique_ptr<SimScratch> scratch(new SimScratch(std::move(path)));
-  FP_RETURN_IF_ERROR(CreateStoreTemplate(scratch->path_ + "/template"));
+  const std::filesystem::path shm = "/dev/shm";
+  const bool in_memory =
+      std::filesystem::is_directory(shm, error) && ::access(shm.c_str(), W_OK) == 0;
+  FP_ASSIGN_OR_RETURN(std::unique_ptr<ScopedTempDir> dir,
+                      ScopedTempDir::Create("fp-sim", in_memory ? shm : std::filesystem::path()));
+  std::unique_ptr<SimScratch> scratch(new SimScratch(std::move(dir)));
+  FP_RETURN_IF_ERROR(CreateStoreTemplate(scratch->path() + "/template"));
   return scratch;
-}
-
-SimScratch::~SimScratch() {
-  std::error_code error;
-  std::filesystem::remove_all(path_, error);
 }
 
 ClusterSimOptions SimScratch::Options(uint64_t seed) const {
   ClusterSimOptions options;
   options.seed = seed;
-  options.dir = path_;
-  options.store_template = path_ + "/template";
+  options.dir = path();
+  options.store_template = path() + "/template";
   return options;
 }
 

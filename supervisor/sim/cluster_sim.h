@@ -39,11 +39,13 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "common/base/status.h"
+#include "common/base/temp_dir.h"
 #include "common/crypto/sha256.h"
 #include "supervisor/sim/checker.h"
 #include "supervisor/sim/log_model.h"
@@ -151,17 +153,14 @@ class SimScratch {
   // Unavailable when no directory can be made; RocksDB's errors for the template. The caller
   // owns the result.
   static StatusOr<std::unique_ptr<SimScratch>> Create();
-  ~SimScratch();
-  SimScratch(const SimScratch&) = delete;
-  SimScratch& operator=(const SimScratch&) = delete;
 
   // Default options for `seed`, with `dir` and `store_template` here.
   ClusterSimOptions Options(uint64_t seed) const;
-  const std::string& path() const { return path_; }
+  std::string path() const { return dir_->path().string(); }
 
  private:
-  explicit SimScratch(std::string path) : path_(std::move(path)) {}
-  std::string path_;
+  explicit SimScratch(std::unique_ptr<ScopedTempDir> dir) : dir_(std::move(dir)) {}
+  std::unique_ptr<ScopedTempDir> dir_;  // removed with everything in it
 };
 
 // Runs one seed. The result holds the invariant violations; the Status is an error only when the
